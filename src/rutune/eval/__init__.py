@@ -1,0 +1,1 @@
+"""rutune.eval"""
