@@ -103,7 +103,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, **overrides) -> Path
 
     shape = {**TINY_DEFAULTS, **overrides}
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.building")
+    tmp = out_dir.with_name(f".{out_dir.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     build_tiny_tokenizer(tmp, vocab_size=min(shape["vocab_size"], 8192))
@@ -128,8 +128,10 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, **overrides) -> Path
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(str(tmp), safe_serialization=True)
     (tmp / "rutune_tiny.json").write_text(json.dumps({"seed": seed, **shape}, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    if (out_dir / "config.json").exists():  # another process finished first: keep its build
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out_dir
+    shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
 
