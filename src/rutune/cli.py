@@ -1,0 +1,136 @@
+"""The `rutune` command. Thin glue: parse arguments, load config, call a stage, print a one-line error.
+
+Every command turns known failures (config, data, model, judge) into one line on stderr and exit code 2;
+a traceback means a bug in rutune.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt instruction LLMs to Russian and measure it.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect prepared data.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model: mmlu, babilong, arena.")
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+
+console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """Base for errors caused by input, shown as one line without a traceback."""
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, not a bug."""
+    from rutune.config import ConfigError
+    from rutune.models import ModelError
+    from rutune.records import RecordError
+
+    errors: list[type[BaseException]] = [ConfigError, ModelError, RecordError, UserError, FileNotFoundError]
+    for mod, name in (("rutune.data.sources", "DataError"), ("rutune.eval.errors", "EvalError"),
+                      ("rutune.train.errors", "TrainError")):
+        try:
+            errors.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def guarded(fn):
+    """Run `fn`, turning known input errors into one line each."""
+    try:
+        return fn()
+    except known_errors() as e:  # noqa: B030 - the tuple is computed
+        from rutune.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            for p in e.problems:
+                console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from rutune.config import load_config
+
+    return guarded(lambda: load_config(config, overrides or []))
+
+
+# ---------------------------------------------------------------- foundation
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.sft.sources.0.percent=80"),
+):
+    """Check a config (schema, stage links, source files) without loading any model."""
+    cfg = _load(config, overrides)
+    from rutune.data.prepare import check_sources
+
+    guarded(lambda: check_sources(cfg))
+    n_stages = len(cfg.train.stages)
+    typer.echo(f"ok: {config} — experiment {cfg.name!r}, {n_stages} training stage(s)")
+
+
+@app.command("tiny-model")
+def tiny_model(out: Path = typer.Option(..., "--out", help="Folder to write the model into."),
+               seed: int = typer.Option(0, help="Init seed."),
+               vocab_size: int = typer.Option(4096, help="Tokenizer vocabulary size (a few thousand).")):
+    """Build the embedded tiny Qwen2-architecture model and its ChatML tokenizer, offline."""
+    from rutune.models import build_tiny_model
+
+    path = build_tiny_model(out, seed=seed, vocab_size=vocab_size)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def prepare(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None),
+    force: bool = typer.Option(False, help="Redo even if the manifest matches."),
+):
+    """Adapters → filters → mixture → parquet + manifest; prints a per-source summary."""
+    cfg = _load(config, overrides)
+    from rutune.data.prepare import print_summary, run_prepare
+
+    manifest = guarded(lambda: run_prepare(cfg, force=force))
+    print_summary(manifest)
+
+
+@data_app.command("stats")
+def data_stats(
+    path: Path = typer.Argument(..., help="Prepared parquet file (or a prepare/ folder)."),
+    tokenizer: str = typer.Option("tiny", help="Tokenizer for token lengths: tiny, a folder, or a hub id."),
+    png: Optional[Path] = typer.Option(None, help="Where to write the length histogram (default beside the data)."),
+):
+    """Rows per source, token-length percentiles, Russian share, and a length histogram PNG."""
+    from rutune.data.stats import print_stats
+
+    guarded(lambda: print_stats(path, tokenizer=tokenizer, png=png))
+
+
+# ---------------------------------------------------------------- train (owned by the training stages)
+
+# ---------------------------------------------------------------- eval: mmlu, babilong
+
+# ---------------------------------------------------------------- eval: arena
+
+# ---------------------------------------------------------------- pipeline, report, serve, demo
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
