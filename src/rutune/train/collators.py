@@ -75,3 +75,112 @@ def pad_sft(features: Sequence[dict], *, pad_token_id: int) -> dict:
 
 
 # ---- Preference section ----
+
+IGNORE_INDEX = -100
+
+
+def _pair_ids(pair) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) token lists from a mapping (dataset row) or a TokenizedPair-like object."""
+    if isinstance(pair, dict):
+        prompt, chosen, rejected = pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]
+    else:
+        prompt, chosen, rejected = pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
+    prompt, chosen, rejected = list(prompt), list(chosen), list(rejected)
+    if not prompt or not chosen or not rejected:
+        raise ValueError("preference batch: prompt, chosen and rejected must each hold at least one token")
+    return prompt, chosen, rejected
+
+
+def collate_prefix_shared(pairs: Sequence, *, pad_id: int, mask_dtype: torch.dtype = torch.float32) -> dict:
+    """One row per pair: prompt[:-1] ‖ (prompt[-1] + chosen[:-1]) ‖ (prompt[-1] + rejected[:-1]), left-padded.
+
+    The shared prefix is computed once; each branch starts with the prompt's last token (whose logit
+    predicts the response's first token) and drops the response's last token (nothing predicts from it).
+    A 4D additive mask `(rows, 1, L, L)` (0 attend, dtype-min blocked) lets each branch see the prefix and
+    itself causally, never the other branch, and `position_ids` restart each branch at len(prompt) − 1, so
+    every logit equals the one a separate forward of prompt‖response gives. Left padding puts all targets
+    in the last `logits_to_keep` positions, so the LM head runs on response positions only.
+
+    Targets: `target_ids[r, t]` is what logit `L − K + t` predicts; `target_segment` names the sequence
+    (pair i's chosen = i, rejected = n + i; −1 none), the input of `losses.sequence_logps`.
+    """
+    rows = [_pair_ids(p) for p in pairs]
+    n = len(rows)
+    lengths = [len(p) - 1 + len(c) + len(r) for p, c, r in rows]
+    width = max(lengths)
+    keep = max(len(c) + len(r) for _, c, r in rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)  # -1 pad, 0 prefix, 1 chosen branch, 2 rejected branch
+    target_ids = torch.full((n, keep), IGNORE_INDEX, dtype=torch.long)
+    target_segment = torch.full((n, keep), -1, dtype=torch.long)
+    for i, (p, c, r) in enumerate(rows):
+        start = width - lengths[i]
+        prefix, last = p[:-1], p[-1]
+        branch_c, branch_r = [last] + c[:-1], [last] + r[:-1]
+        ids = prefix + branch_c + branch_r
+        input_ids[i, start:] = torch.tensor(ids)
+        pos = list(range(len(prefix))) + list(range(len(prefix), len(prefix) + len(c))) + list(
+            range(len(prefix), len(prefix) + len(r))
+        )
+        position_ids[i, start:] = torch.tensor(pos)
+        segment[i, start:] = torch.tensor([0] * len(prefix) + [1] * len(c) + [2] * len(r))
+        target_ids[i, keep - len(c) - len(r):] = torch.tensor(c + r)
+        target_segment[i, keep - len(c) - len(r):] = torch.tensor([i] * len(c) + [n + i] * len(r))
+    q_seg = segment.unsqueeze(2)
+    k_seg = segment.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
+    allowed |= torch.eye(width, dtype=torch.bool) & (q_seg < 0)  # pads see themselves: no all-blocked row
+    mask = torch.zeros((n, 1, width, width), dtype=mask_dtype)
+    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(mask_dtype).min)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "position_ids": position_ids,
+        "logits_to_keep": keep,
+        "target_ids": target_ids,
+        "target_segment": target_segment,
+        "num_pairs": n,
+    }
+
+
+def collate_concat(pairs: Sequence, *, pad_id: int) -> dict:
+    """The plain batch: rows prompt‖chosen for every pair, then prompt‖rejected, right-padded (TRL's layout).
+
+    Same output keys as `collate_prefix_shared` (`logits_to_keep` 0 = all positions, a 2D padding mask),
+    so the recipe's loss code does not branch on the layout.
+    """
+    rows = [_pair_ids(p) for p in pairs]
+    n = len(rows)
+    seqs = [(p, c, i) for i, (p, c, _) in enumerate(rows)] + [(p, r, n + i) for i, (p, _, r) in enumerate(rows)]
+    width = max(len(p) + len(resp) for p, resp, _ in seqs)
+    input_ids = torch.full((2 * n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((2 * n, width), dtype=torch.long)
+    target_ids = torch.full((2 * n, width), IGNORE_INDEX, dtype=torch.long)
+    target_segment = torch.full((2 * n, width), -1, dtype=torch.long)
+    for row, (p, resp, seg) in enumerate(seqs):
+        ids = p + resp
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        target_ids[row, len(p) - 1 : len(ids) - 1] = torch.tensor(resp)
+        target_segment[row, len(p) - 1 : len(ids) - 1] = seg
+    position_ids = torch.arange(width).expand(2 * n, width).clone()
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "logits_to_keep": 0,
+        "target_ids": target_ids,
+        "target_segment": target_segment,
+        "num_pairs": n,
+    }
+
+
+def collate_preference(pairs: Sequence, *, batching: str, pad_id: int, mask_dtype: torch.dtype = torch.float32) -> dict:
+    """Dispatch on `batching` (`prefix_shared` | `concat`), the SimPO stage's config key."""
+    if batching == "prefix_shared":
+        return collate_prefix_shared(pairs, pad_id=pad_id, mask_dtype=mask_dtype)
+    if batching == "concat":
+        return collate_concat(pairs, pad_id=pad_id)
+    raise ValueError(f"unknown preference batching {batching!r}; expected prefix_shared or concat")
