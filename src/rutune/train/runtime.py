@@ -1,0 +1,488 @@
+"""Plumbing every training recipe shares: where a stage starts from, model + LoRA loading, `TrainingArguments`
+from `OptimConfig`, metrics JSONL + progress bar, the loss-curve PNG, exact resume, and the final checkpoint.
+
+A recipe (`sft.run_stage`, `simpo.run_stage`) is: check inputs (`check_stage`, `init_source`, `load_stage_tokenizer`)
+→ build its dataset → `load_stage_model` (+ `apply_lora`) → a `RecipeTrainer` subclass with `training_arguments(...)`
+and `stage_callbacks(...)` → `train_resumable(trainer, paths)` → `save_final_checkpoint(...)` → `plot_loss_curve(...)`.
+
+Crash safety. The Trainer writes `trainer/checkpoint-N/` every `save_steps`; `CompletionMarker` drops a `COMPLETE`
+file into it only after the Trainer has finished writing it (model, optimizer, scheduler, RNG, trainer state), and
+older checkpoints are rotated away only after the newer one is complete. On restart `latest_good_checkpoint`
+ignores (and removes) any folder without the marker, so a SIGKILL during a save falls back to the previous complete
+checkpoint. The final HF checkpoint is written into a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rutune.rundir import RunDir, read_manifest, write_json_atomic, write_text_atomic
+from rutune.train.errors import TrainError
+
+COMPLETE = "COMPLETE"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Files of one training stage under `train/<stage>/`."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run: RunDir, stage_name: str) -> "StagePaths":
+        return cls(run.train(stage_name))
+
+    @property
+    def checkpoint(self) -> Path:
+        """The final Hugging Face checkpoint (what `init_from` of a later stage and eval load)."""
+        return self.root / "checkpoint"
+
+    @property
+    def trainer_dir(self) -> Path:
+        """Intermediate Trainer checkpoints (`checkpoint-N/`), used only to resume."""
+        return self.root / "trainer"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def loss_png(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def cache(self) -> Path:
+        """Tokenised datasets, shared by the stages of one run (keyed by data, tokenizer and template hashes)."""
+        return self.root.parent / "_cache"
+
+
+# ---------------------------------------------------------------- inputs, before any model loads
+def check_stage(stage) -> None:
+    """Hyperparameters that would only fail deep inside torch; pydantic already rejects them in YAML."""
+    if not stage.learning_rate > 0:
+        raise TrainError(f"train stage {stage.name}: learning_rate must be > 0, got {stage.learning_rate}")
+    if stage.per_device_batch_size < 1 or stage.gradient_accumulation_steps < 1:
+        raise TrainError(f"train stage {stage.name}: per_device_batch_size and gradient_accumulation_steps must be >= 1")
+    if stage.max_steps == 0 or stage.epochs <= 0:
+        raise TrainError(f"train stage {stage.name}: nothing to train (max_steps=0 or epochs<=0)")
+
+
+def init_source(cfg, stage, run: RunDir) -> str:
+    """What a stage loads: the base model (`init_from: base`) or an earlier stage's final checkpoint."""
+    from rutune.models import resolve_model_path
+
+    if stage.init_from == "base":
+        return resolve_model_path(cfg.base_model.path)
+    names = [s.name for s in cfg.train.stages]
+    if stage.init_from not in names or names.index(stage.init_from) >= names.index(stage.name):
+        known = ", ".join(["base", *names[: names.index(stage.name)]]) if stage.name in names else "base"
+        raise TrainError(f"train stage {stage.name}: init_from {stage.init_from!r} is not an earlier stage "
+                         f"(expected one of: {known})")
+    ckpt = run.checkpoint(stage.init_from)
+    if not (ckpt / "config.json").exists():
+        raise TrainError(f"train stage {stage.name}: starts from stage {stage.init_from!r}, whose checkpoint {ckpt} "
+                         f"does not exist yet; run `rutune train CONFIG --stage {stage.init_from}` first")
+    return str(ckpt)
+
+
+def upstream_checkpoint_hash(cfg, stage, run: RunDir) -> str:
+    """The identity of what a stage starts from: the base reference, or the previous stage's manifest hash."""
+    if stage.init_from == "base":
+        return f"base:{cfg.base_model.model_dump_json()}"
+    manifest = read_manifest(run.train(stage.init_from)) or {}
+    return f"stage:{stage.init_from}:{manifest.get('input_hash', 'missing')}"
+
+
+def load_stage_tokenizer(path: str):
+    """The tokenizer a stage trains with; it must carry a chat template (masks and packing are defined by it)."""
+    from rutune.data.templates import TemplateError, load_tokenizer
+
+    try:
+        tok = load_tokenizer(path)
+    except TemplateError as e:
+        raise TrainError(str(e).splitlines()[0]) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------- model
+def resolve_precision(precision: str) -> str:
+    """`auto` → bf16 on a GPU that supports it, else fp32 (CPU bf16 changes numerics and is rarely faster)."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def load_stage_model(path: str, model_cfg=None, *, attn_implementation: str | None = None, from_base: bool = True):
+    """Load a causal LM for training in float32 master weights (mixed precision is the Trainer's autocast).
+
+    `model_cfg` (`base_model:` block) adds revision, gguf_file and trust_remote_code when loading the base.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": "float32"}
+    if model_cfg is not None and from_base:
+        if model_cfg.revision:
+            kwargs["revision"] = model_cfg.revision
+        if model_cfg.gguf_file:
+            kwargs["gguf_file"] = model_cfg.gguf_file
+        kwargs["trust_remote_code"] = model_cfg.trust_remote_code
+    attn = attn_implementation or (model_cfg.attn_implementation if model_cfg is not None else None)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def apply_lora(model, lora_cfg):
+    """Wrap `model` with peft LoRA adapters per the stage's `lora:` block (r, alpha, dropout, target modules)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+# ---------------------------------------------------------------- Trainer configuration
+def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
+    """`TrainingArguments` from a stage's `OptimConfig` fields; `overrides` win (tests, benchmarks)."""
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(stage.precision)
+    report_to = list(stage.report_to) or "none"
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        learning_rate=stage.learning_rate,
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        per_device_train_batch_size=stage.per_device_batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        lr_scheduler_type=stage.lr_scheduler,
+        warmup_steps=stage.warmup_ratio,
+        weight_decay=stage.weight_decay,
+        max_grad_norm=stage.max_grad_norm,
+        gradient_checkpointing=stage.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if stage.gradient_checkpointing else None,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=stage.logging_steps,
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=stage.save_total_limit,
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        average_tokens_across_devices=True,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def _trainer_base():
+    from transformers import Trainer
+
+    return Trainer
+
+
+class RecipeTrainer(_trainer_base()):
+    """`transformers.Trainer` that lets a recipe's `compute_loss` record extra per-step metrics.
+
+    `record_metric(name, value)` accumulates a float between logging steps; at each log the sum across processes
+    (for names ending in `_tokens`) or the mean of the recorded values (anything else) is added to the log line.
+    Recipes set `trained_tokens` so the metrics callback can report trained tokens per second.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, list[float]] = {}
+
+    def record_metric(self, name: str, value: float) -> None:
+        self._pending.setdefault(name, []).append(float(value))
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.model.training and "loss" in logs:
+            import torch
+
+            names = sorted(self._pending)
+            if self.args.world_size > 1:  # every process logs in lockstep, so the reduction is collective
+                from accelerate.utils import gather_object
+
+                names = sorted(set().union(*gather_object([names])))
+            for name in names:
+                values = self._pending.get(name, [])
+                total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64, device=self.args.device)
+                if self.args.world_size > 1:
+                    total = self.accelerator.reduce(total, reduction="sum")
+                if name.endswith("_tokens"):
+                    logs[name] = float(total[0])
+                elif total[1] > 0:
+                    logs[name] = float(total[0] / total[1])
+            self._pending.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class MetricsLogger(_callback_base()):
+    """Writes one JSON line per logging step (step, epoch, loss, learning_rate, grad_norm, trained tokens/s and any
+    extra metrics) on the main process, and drives a rich progress bar there."""
+
+    def __init__(self, path: Path, *, show_progress: bool = True, label: str = "train"):
+        self.path = Path(path)
+        self.show_progress = show_progress
+        self.label = label
+        self._progress = None
+        self._task = None
+        self._last_time: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        if state.is_world_process_zero and self.show_progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=state.max_steps, completed=state.global_step,
+                                                 status="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        now = time.perf_counter()
+        elapsed = now - (self._last_time or now)
+        self._last_time = now
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6), **logs}
+        tokens = logs.get("trained_tokens")
+        if tokens is not None and elapsed > 0:
+            row["tokens_per_s"] = tokens / elapsed
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+        if self._progress is not None:
+            status = f"loss {logs['loss']:.4f}" + (f" · {row['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in row
+                                                   else "")
+            self._progress.update(self._task, status=status)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class CompletionMarker(_callback_base()):
+    """After the Trainer has fully written `checkpoint-N/`, mark it complete (see the module docstring)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_text_atomic(folder / COMPLETE, f"{state.global_step}\n")
+
+
+def stage_callbacks(paths: StagePaths, *, show_progress: bool = True, label: str = "train") -> list:
+    return [MetricsLogger(paths.metrics, show_progress=show_progress, label=label), CompletionMarker()]
+
+
+# ---------------------------------------------------------------- resume
+def latest_good_checkpoint(trainer_dir: Path, *, remove_incomplete: bool = True) -> Path | None:
+    """The newest `checkpoint-N/` with a COMPLETE marker; incomplete ones (a kill during save) are removed."""
+    trainer_dir = Path(trainer_dir)
+    if not trainer_dir.is_dir():
+        return None
+    found = []
+    for folder in trainer_dir.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if not step.isdigit():
+            continue
+        if (folder / COMPLETE).exists():
+            found.append((int(step), folder))
+        elif remove_incomplete:
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def truncate_metrics(path: Path, max_step: int) -> None:
+    """Drop metric lines past the resumed step (they are logged again by the resumed run)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    write_text_atomic(path, "".join(f"{line}\n" for line in keep))
+
+
+def train_resumable(trainer, paths: StagePaths):
+    """`trainer.train()`, resuming from the last complete intermediate checkpoint when there is one."""
+    resume = None
+    if trainer.is_world_process_zero():
+        resume = latest_good_checkpoint(paths.trainer_dir)
+    if trainer.args.world_size > 1:
+        from accelerate.utils import broadcast_object_list
+
+        shared = broadcast_object_list([str(resume) if resume else ""], from_process=0)[0]
+        resume = Path(shared) if shared else None
+    if resume is not None:
+        if trainer.is_world_process_zero():
+            truncate_metrics(paths.metrics, int(resume.name.removeprefix("checkpoint-")))
+    elif trainer.is_world_process_zero() and paths.metrics.exists():
+        paths.metrics.unlink()
+    return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+
+# ---------------------------------------------------------------- outputs
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in ("rutune", "torch", "transformers", "accelerate", "peft", "datasets"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def stage_meta(cfg, stage, *, init_path: str, data_manifest_hash: str | None, extra: dict | None = None) -> dict:
+    """`meta.json` of a checkpoint: resolved stage config, where it started, data identity, library versions."""
+    return {
+        "experiment": cfg.name,
+        "stage": stage.model_dump(mode="json"),
+        "init_from": stage.init_from,
+        "init_path": init_path,
+        "base_model": cfg.base_model.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "data_manifest_hash": data_manifest_hash,
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+
+
+def save_final_checkpoint(trainer, tokenizer, out_dir: Path, meta: dict, *, init_path: str,
+                          merge_lora: bool = True) -> Path:
+    """Write the stage's HF checkpoint atomically: safetensors weights, tokenizer with its chat template, meta.json.
+
+    LoRA: with `merge_lora` the adapter is merged into a fresh copy of the starting weights (works the same whether
+    the trained model was sharded by ZeRO-3/FSDP or not); otherwise the adapter folder is saved, which
+    `AutoModelForCausalLM.from_pretrained` also loads when peft is installed.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.writing")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # collective: gathers sharded weights
+    if trainer.is_world_process_zero():
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        is_peft = hasattr(unwrapped, "peft_config")
+        if is_peft and merge_lora:
+            _merge_adapter_into(tmp, init_path)
+        # training-time settings that must not leak into inference
+        cfg_path = tmp / "config.json"
+        if cfg_path.exists():
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+            config["use_cache"] = True
+            write_json_atomic(cfg_path, config)
+        tokenizer.save_pretrained(str(tmp))
+        for leftover in ("training_args.bin",):
+            (tmp / leftover).unlink(missing_ok=True)
+        write_json_atomic(tmp / "meta.json", {**meta, "lora_merged": bool(is_peft and merge_lora),
+                                              "lora": bool(is_peft)})
+        _replace_dir(tmp, out_dir)
+    trainer.accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _merge_adapter_into(folder: Path, init_path: str) -> None:
+    """Replace the adapter files in `folder` by full merged weights (adapter applied to the starting model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(init_path, dtype="float32")
+    merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+        (folder / name).unlink(missing_ok=True)
+    merged.save_pretrained(str(folder), safe_serialization=True)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place; the previous one (a forced rerun) is removed only after the move."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss_curve(metrics_path: Path, png_path: Path, *, title: str = "training loss") -> Path | None:
+    """Loss (and learning rate, on a second axis) against step, from the metrics JSONL."""
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if any("learning_rate" in r for r in rows):
+        lr_ax = ax.twinx()
+        lr_ax.plot([r["step"] for r in rows], [r.get("learning_rate", 0.0) for r in rows], color="tab:gray",
+                   alpha=0.5, linestyle="--")
+        lr_ax.set_ylabel("learning rate")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+__all__ = [
+    "CompletionMarker", "MetricsLogger", "RecipeTrainer", "StagePaths", "apply_lora", "check_stage", "init_source",
+    "latest_good_checkpoint", "library_versions", "load_stage_model", "load_stage_tokenizer", "plot_loss_curve",
+    "read_metrics", "resolve_precision", "save_final_checkpoint", "stage_callbacks", "stage_meta",
+    "train_resumable", "truncate_metrics", "upstream_checkpoint_hash",
+]

@@ -1,0 +1,196 @@
+"""The `sft` recipe: supervised fine-tuning on the prepared mixture with `transformers.Trainer`.
+
+Data: `prepare/sft.parquet` (`messages` column), tokenised with the stage's own chat template and assistant-only
+labels (`rutune.data.templates`), cached as Arrow beside the run (`train/_cache/`) under a key of data hash,
+tokenizer + template hash and the length policy, so a rerun or a resume does not re-tokenise.
+
+Batches: with `packing: true` (default) each device batch of `per_device_batch_size` sequences becomes one row with
+restarting `position_ids` and `cu_seq_lens` boundaries (`collators.pack_sft`); attention runs per sequence
+(`attention.packed_sdpa` on CPU/SDPA, flash-attention varlen when `base_model.attn_implementation` names it).
+Logits are computed only at trained positions (`logits_to_keep`), which matters at 150k vocabularies.
+
+Loss: the token-weighted mean NLL over the trained tokens of the whole global batch (all micro-batches of a
+gradient-accumulation cycle, all processes), the normalisation TRL's `SFTTrainer` and transformers use.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from rutune.rundir import RunDir, read_json, stable_hash, write_json_atomic
+from rutune.train.errors import TrainError
+
+FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                "max_length_k")
+
+
+# ---------------------------------------------------------------- data
+def sft_data(run: RunDir) -> tuple[Path, str | None]:
+    """The prepared SFT parquet and its manifest hash; TrainError when missing or empty."""
+    path = run.prepare / "sft.parquet"
+    if not path.is_file():
+        raise TrainError(f"{path}: prepared SFT data not found; run `rutune prepare CONFIG` first")
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
+    if meta.num_rows == 0:
+        raise TrainError(f"{path}: prepared SFT data has 0 rows; check data.sft sources and filters, then re-prepare")
+    if "messages" not in meta.schema.names:
+        raise TrainError(f"{path}: has no `messages` column; rerun `rutune prepare CONFIG`")
+    manifest_path = run.prepare / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    data_hash = manifest.get("content_hash") or manifest.get("input_hash")
+    return path, data_hash
+
+
+def _tokenize_batch(batch: dict, *, tokenizer, max_tokens: int, overlength: str, counts: dict) -> dict:
+    from rutune.data.templates import tokenize_chats
+
+    rows = tokenize_chats(tokenizer, batch["messages"], max_tokens=max_tokens, overlength=overlength, counts=counts)
+    kept = [r for r in rows if r is not None]
+    return {
+        "input_ids": [r.input_ids for r in kept],
+        "labels": [r.labels for r in kept],
+        "length": [len(r.input_ids) for r in kept],
+    }
+
+
+def tokenized_dataset(tokenizer, parquet: Path, *, data_hash: str | None, max_tokens: int, overlength: str,
+                      cache_dir: Path):
+    """Tokenise the mixture once per (data, tokenizer+template, length policy); returns (dataset, counts).
+
+    `counts` has `kept`, `truncated`, `dropped_overlength` — from the run that built the cache, stored beside it.
+    """
+    import datasets
+
+    from rutune.data.templates import template_hash
+    from rutune.rundir import file_hash
+
+    key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
+                       "max_tokens": max_tokens, "overlength": overlength, "v": 1})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrow = cache_dir / f"sft-{key}.arrow"
+    counts_path = cache_dir / f"sft-{key}.counts.json"
+    raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
+    counts: dict[str, int] = {}
+    fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength,
+                           counts=counts)
+    was_cached = arrow.exists() and counts_path.exists()
+    ds = raw.map(fn, batched=True, batch_size=1000, remove_columns=raw.column_names, cache_file_name=str(arrow),
+                 load_from_cache_file=was_cached, new_fingerprint=key, desc="tokenize sft")
+    if was_cached:
+        counts = read_json(counts_path)
+    else:
+        write_json_atomic(counts_path, counts)
+    if len(ds) == 0:
+        raise TrainError(f"{parquet}: all {len(raw)} rows are longer than data.sft.max_tokens={max_tokens} "
+                         f"(overlength: {overlength}); raise max_tokens or use overlength: truncate")
+    return ds, counts
+
+
+# ---------------------------------------------------------------- trainer
+def _trainer_class():
+    from rutune.train.runtime import RecipeTrainer
+
+    class SftTrainer(RecipeTrainer):
+        """Trainer whose loss is `losses.sft_loss` on logits computed only at trained positions."""
+
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = True  # makes the Trainer count trained tokens over the global batch
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return sft_step_loss(self, model, inputs, return_outputs=return_outputs,
+                                 num_items_in_batch=num_items_in_batch)
+
+    return SftTrainer
+
+
+def sft_step_loss(trainer, model, inputs, *, return_outputs=False, num_items_in_batch=None):
+    """One micro-batch's share of the global token-weighted loss (see the module docstring)."""
+    from rutune.train.losses import sft_loss
+
+    targets = inputs["shift_labels"]
+    keep = targets.ne(-100)
+    forward = {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
+    outputs = model(**forward, use_cache=False, logits_to_keep=keep)
+    n_local = keep.sum()
+    denominator = num_items_in_batch if num_items_in_batch is not None else n_local.clamp(min=1)
+    loss = sft_loss(outputs.logits, targets[keep], denominator)
+    if trainer.args.world_size > 1 and num_items_in_batch is not None:
+        loss = loss * trainer.accelerator.num_processes  # DDP averages gradients over processes; undo it
+    trainer.record_metric("trained_tokens", float(n_local))
+    trainer.record_metric("input_tokens", float(inputs["input_ids"].numel()))
+    return (loss, outputs) if return_outputs else loss
+
+
+def build_trainer(model, tokenizer, dataset, args, *, packing: bool, callbacks=()):
+    """The SFT Trainer over a tokenised dataset (columns input_ids, labels)."""
+    from rutune.train.collators import pack_sft, pad_sft
+
+    collator = pack_sft if packing else functools.partial(pad_sft, pad_token_id=tokenizer.pad_token_id)
+    return _trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                            processing_class=tokenizer, callbacks=list(callbacks))
+
+
+def choose_attention(model_cfg, packing: bool) -> str | None:
+    """Packed batches: flash-attention varlen when configured, else rutune's per-sequence SDPA."""
+    from rutune.train.attention import PACKED_SDPA
+
+    configured = model_cfg.attn_implementation if model_cfg is not None else None
+    if not packing:
+        return configured
+    if configured and configured.startswith("flash_attention"):
+        return configured
+    return PACKED_SDPA
+
+
+# ---------------------------------------------------------------- the stage
+def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
+    """Train one `sft` stage and write `train/<stage>/checkpoint/`; resumes from the last complete checkpoint."""
+    from rutune.train import runtime
+
+    runtime.check_stage(stage)
+    if cfg.data.sft is None:
+        raise TrainError(f"train stage {stage.name}: recipe sft needs a data.sft block")
+    paths = runtime.StagePaths.of(run, stage.name)
+    parquet, data_hash = sft_data(run)
+    init_path = runtime.init_source(cfg, stage, run)
+    tokenizer = runtime.load_stage_tokenizer(init_path)
+    dataset, counts = tokenized_dataset(tokenizer, parquet, data_hash=data_hash, max_tokens=cfg.data.sft.max_tokens,
+                                        overlength=cfg.data.sft.overlength, cache_dir=paths.cache)
+
+    from_base = stage.init_from == "base"
+    model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
+                                     attn_implementation=choose_attention(cfg.base_model, stage.packing))
+    if stage.lora is not None:
+        model = runtime.apply_lora(model, stage.lora)
+    args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
+    trainer = build_trainer(model, tokenizer, dataset, args, packing=stage.packing,
+                            callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
+                                                              label=f"sft {stage.name}"))
+    result = runtime.train_resumable(trainer, paths)
+    metrics = runtime.read_metrics(paths.metrics)
+    meta = runtime.stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
+        "recipe": "sft",
+        "data_rows": counts,
+        "train": {"global_steps": result.global_step, "mean_loss": result.training_loss,
+                  "first_loss": metrics[0]["loss"] if metrics else None,
+                  "last_loss": metrics[-1]["loss"] if metrics else None,
+                  "trained_tokens": sum(r.get("trained_tokens", 0) for r in metrics)},
+    })
+    runtime.save_final_checkpoint(trainer, tokenizer, paths.checkpoint, meta, init_path=init_path,
+                                  merge_lora=stage.lora.merge_on_save if stage.lora else False)
+    if trainer.is_world_process_zero():
+        runtime.plot_loss_curve(paths.metrics, paths.loss_png, title=f"{cfg.name} · {stage.name}")
+        write_json_atomic(paths.root / "data_counts.json", counts)
+    return paths.checkpoint
+
+
+__all__ = ["build_trainer", "choose_attention", "run_stage", "sft_data", "sft_step_loss", "tokenized_dataset"]

@@ -1,0 +1,98 @@
+"""`rutune train`: run the experiment's training stages in order, each skipped when already done.
+
+A stage is done when `train/<stage>/manifest.json` records the input hash computed now: the stage's config slice
+(its own block, the base model when it starts from base, the data policy, the seed) + upstream hashes (the prepared
+data's manifest, the previous stage's manifest) + the rutune version. A changed hash (or `--force`) also discards
+the stage's intermediate Trainer checkpoints, which belong to the old inputs; an unchanged hash with no manifest
+(a killed run) resumes from them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rutune.rundir import RunDir, input_hash, read_json, stage_done, write_json_atomic, write_manifest
+from rutune.train.errors import TrainError
+
+RECIPE_MODULES = {"sft": "rutune.train.sft", "simpo": "rutune.train.simpo"}
+DATA_FILES = {"sft": "sft.parquet", "simpo": "preference.parquet"}
+
+
+def stage_input_hash(cfg, stage, run: RunDir) -> str:
+    """Identity of a stage's inputs (see the module docstring)."""
+    data_block = cfg.data.sft if stage.recipe == "sft" else cfg.data.preference
+    config_slice = {
+        "stage": stage.model_dump(mode="json"),
+        "data_policy": data_block.model_dump(mode="json", include={"max_tokens", "overlength"}) if data_block else None,
+        "seed": cfg.seed,
+        "base_model": cfg.base_model.model_dump(mode="json") if stage.init_from == "base" else None,
+    }
+    manifest_path = run.prepare / "manifest.json"
+    data_manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    upstream = [f"data:{data_manifest.get('content_hash') or data_manifest.get('input_hash') or 'missing'}"]
+    if stage.init_from != "base":
+        prev = read_json(run.train(stage.init_from) / "manifest.json") if (
+            run.train(stage.init_from) / "manifest.json").exists() else {}
+        upstream.append(f"stage:{stage.init_from}:{prev.get('input_hash', 'missing')}")
+    return input_hash(config_slice, upstream)
+
+
+def _reset_if_stale(stage_dir: Path, expected_hash: str, force: bool) -> None:
+    """Keep intermediate checkpoints only when they were made for the same inputs (so a resume is exact)."""
+    marker = stage_dir / "inputs.json"
+    previous = read_json(marker).get("input_hash") if marker.exists() else None
+    if force or previous != expected_hash:
+        for sub in ("trainer", "metrics.jsonl", "manifest.json"):
+            target = stage_dir / sub
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+    write_json_atomic(marker, {"input_hash": expected_hash})
+
+
+def _recipe(name: str):
+    import importlib
+
+    if name not in RECIPE_MODULES:
+        raise TrainError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPE_MODULES)}")
+    return importlib.import_module(RECIPE_MODULES[name])
+
+
+def run_training(cfg, *, force: bool = False, only: list[str] | None = None, show_progress: bool = True) -> list[Path]:
+    """Run `cfg.train.stages` in order (or only the named ones); returns each stage's checkpoint folder."""
+    stages = list(cfg.train.stages)
+    if not stages:
+        raise TrainError("config has no train.stages; add e.g. `train: {stages: [{recipe: sft}]}`")
+    names = [s.name for s in stages]
+    for name in only or []:
+        if name not in names:
+            raise TrainError(f"--stage {name}: no such stage; the config has: {', '.join(names)}")
+    run = RunDir.for_experiment(cfg.output_root, cfg.name)
+    out = []
+    for stage in stages:
+        if only and stage.name not in only:
+            continue
+        stage_dir = run.train(stage.name)
+        expected = stage_input_hash(cfg, stage, run)
+        if not force and stage_done(stage_dir, expected) and (run.checkpoint(stage.name) / "config.json").exists():
+            out.append(run.checkpoint(stage.name))
+            continue
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        _reset_if_stale(stage_dir, expected, force)
+        checkpoint = _recipe(stage.recipe).run_stage(cfg, stage, run, show_progress=show_progress)
+        if _is_main_process():
+            write_manifest(stage_dir, {"input_hash": expected, "stage": stage.name, "recipe": stage.recipe,
+                                       "init_from": stage.init_from, "checkpoint": str(checkpoint)})
+        out.append(checkpoint)
+    return out
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+__all__ = ["run_training", "stage_input_hash"]
