@@ -160,6 +160,7 @@ def apply_lora(model, lora_cfg):
 # ---------------------------------------------------------------- Trainer configuration
 def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
     """`TrainingArguments` from a stage's `OptimConfig` fields; `overrides` win (tests, benchmarks)."""
+    import torch
     from transformers import TrainingArguments
 
     precision = resolve_precision(stage.precision)
@@ -175,8 +176,8 @@ def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
         warmup_steps=stage.warmup_ratio,
         weight_decay=stage.weight_decay,
         max_grad_norm=stage.max_grad_norm,
-        gradient_checkpointing=stage.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if stage.gradient_checkpointing else None,
+        activation_checkpointing=stage.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if stage.gradient_checkpointing else None,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         logging_steps=stage.logging_steps,
@@ -189,6 +190,7 @@ def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
         remove_unused_columns=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         average_tokens_across_devices=True,
     )
     kwargs.update(overrides)
@@ -210,7 +212,10 @@ class RecipeTrainer(_trainer_base()):
     """
 
     def __init__(self, *args, **kwargs):
+        from transformers.trainer_callback import PrinterCallback
+
         super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # MetricsLogger writes the JSONL and the progress bar instead
         self._pending: dict[str, list[float]] = {}
 
     def record_metric(self, name: str, value: float) -> None:

@@ -34,12 +34,13 @@ def sft_data(run: RunDir) -> tuple[Path, str | None]:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
+        pf = pq.ParquetFile(path)
+        meta, columns = pf.metadata, pf.schema_arrow.names
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
     if meta.num_rows == 0:
         raise TrainError(f"{path}: prepared SFT data has 0 rows; check data.sft sources and filters, then re-prepare")
-    if "messages" not in meta.schema.names:
+    if "messages" not in columns:
         raise TrainError(f"{path}: has no `messages` column; rerun `rutune prepare CONFIG`")
     manifest_path = run.prepare / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.exists() else {}
@@ -163,15 +164,17 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     parquet, data_hash = sft_data(run)
     init_path = runtime.init_source(cfg, stage, run)
     tokenizer = runtime.load_stage_tokenizer(init_path)
-    dataset, counts = tokenized_dataset(tokenizer, parquet, data_hash=data_hash, max_tokens=cfg.data.sft.max_tokens,
-                                        overlength=cfg.data.sft.overlength, cache_dir=paths.cache)
+    args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
+    with args.main_process_first(desc="tokenize sft"):  # one process builds the cache, the others read it
+        dataset, counts = tokenized_dataset(tokenizer, parquet, data_hash=data_hash,
+                                            max_tokens=cfg.data.sft.max_tokens, overlength=cfg.data.sft.overlength,
+                                            cache_dir=paths.cache)
 
     from_base = stage.init_from == "base"
     model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
                                      attn_implementation=choose_attention(cfg.base_model, stage.packing))
     if stage.lora is not None:
         model = runtime.apply_lora(model, stage.lora)
-    args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
     trainer = build_trainer(model, tokenizer, dataset, args, packing=stage.packing,
                             callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
                                                               label=f"sft {stage.name}"))

@@ -80,11 +80,13 @@ def run_training(cfg, *, force: bool = False, only: list[str] | None = None, sho
             out.append(run.checkpoint(stage.name))
             continue
         stage_dir.mkdir(parents=True, exist_ok=True)
-        _reset_if_stale(stage_dir, expected, force)
+        if _is_main_process():
+            _reset_if_stale(stage_dir, expected, force)
         checkpoint = _recipe(stage.recipe).run_stage(cfg, stage, run, show_progress=show_progress)
         if _is_main_process():
             write_manifest(stage_dir, {"input_hash": expected, "stage": stage.name, "recipe": stage.recipe,
                                        "init_from": stage.init_from, "checkpoint": str(checkpoint)})
+            shutil.rmtree(stage_dir / "trainer", ignore_errors=True)  # resume state, useless once the stage is done
         out.append(checkpoint)
     return out
 

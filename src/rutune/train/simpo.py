@@ -1,0 +1,263 @@
+"""The `simpo` recipe: SimPO preference optimisation with `transformers.Trainer` (a subclass overriding compute_loss).
+
+Loss (`losses.simpo_loss`): −log σ(β/|y_w|·log π(y_w|x) − β/|y_l|·log π(y_l|x) − γ), γ an absolute margin, no
+reference model, plus `sft_weight` × the chosen responses' token-mean NLL (CPO's α). See docs/simpo.md for the
+γ conversions (SimPO's gamma_beta_ratio = γ/β, TRL's simpo_gamma = γ) and the defaults.
+
+Data: `prepare/preference.parquet` (`prompt` messages ending with a user turn, `chosen`, `rejected`), rendered with
+the stage's chat template by `templates.tokenize_pair` (responses = assistant content + end-of-turn, once).
+Pairs whose responses are identical or empty are skipped and counted; a prompt the template cannot take (e.g. one
+ending with an assistant turn) is an error naming the file and row. Over `data.preference.max_tokens` the prompt
+is cut from the left or the pair dropped (`overlength`), also counted. The tokenised pairs are cached beside the
+run (`train/_cache/`), keyed by data, tokenizer + template and the length policy.
+
+Batches (`batching`): `prefix_shared` (default) puts prompt, chosen and rejected in one row with a 4D mask, so the
+prompt is computed once and the LM head runs on response positions only (`collators.collate_prefix_shared`);
+`concat` is the plain chosen-rows-then-rejected-rows batch TRL uses. Both give the same loss and gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from rutune.rundir import RunDir, read_json, stable_hash, write_json_atomic
+from rutune.train.errors import TrainError
+
+FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids")
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+# ---------------------------------------------------------------- data
+def preference_data(run: RunDir) -> tuple[Path, str | None]:
+    """The prepared preference parquet and its manifest hash; TrainError when missing, empty or malformed."""
+    path = run.prepare / "preference.parquet"
+    if not path.is_file():
+        raise TrainError(f"{path}: prepared preference data not found; run `rutune prepare CONFIG` first")
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
+    missing = [c for c in PAIR_COLUMNS if c not in meta.schema.names]
+    if missing:
+        raise TrainError(f"{path}: missing column(s) {', '.join(missing)}; rerun `rutune prepare CONFIG`")
+    if meta.num_rows == 0:
+        raise TrainError(f"{path}: prepared preference data has 0 rows; check data.preference sources and filters")
+    manifest_path = run.prepare / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    return path, manifest.get("content_hash") or manifest.get("input_hash")
+
+
+def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_tokens: int, overlength: str, counts: dict,
+                   where: str = "pairs", first_row: int = 0) -> list:
+    """TokenizedPair per kept pair; skips (counted) identical and empty responses, and over-budget drops.
+
+    `counts` gains `dropped_identical`, `dropped_empty_response`, and tokenize_pair's `kept`, `truncated_prompt`,
+    `dropped_overlength`. Malformed prompts raise TrainError naming `where` and the row number.
+    """
+    from rutune.data.templates import TemplateError, tokenize_pair
+
+    kept = []
+    for offset, (prompt, good, bad) in enumerate(zip(prompts, chosen, rejected)):
+        row = first_row + offset
+        if not isinstance(good, str) or not isinstance(bad, str):
+            raise TrainError(f"{where} row {row}: chosen and rejected must be text")
+        if not good.strip() or not bad.strip():
+            counts["dropped_empty_response"] = counts.get("dropped_empty_response", 0) + 1
+            continue
+        if good == bad:
+            counts["dropped_identical"] = counts.get("dropped_identical", 0) + 1
+            continue
+        try:
+            pair = tokenize_pair(tokenizer, list(prompt or []), good, bad, max_tokens=max_tokens,
+                                 overlength=overlength, counts=counts)
+        except TemplateError as e:
+            raise TrainError(f"{where} row {row}: {str(e).splitlines()[0]}") from None
+        if pair is not None:
+            kept.append(pair)
+    return kept
+
+
+def _tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_tokens: int, overlength: str, counts: dict,
+                    where: str) -> dict:
+    pairs = tokenize_pairs(tokenizer, batch["prompt"], batch["chosen"], batch["rejected"], max_tokens=max_tokens,
+                           overlength=overlength, counts=counts, where=where, first_row=indices[0] if indices else 0)
+    return {
+        "prompt_ids": [p.prompt_ids for p in pairs],
+        "chosen_ids": [p.chosen_ids for p in pairs],
+        "rejected_ids": [p.rejected_ids for p in pairs],
+    }
+
+
+def tokenized_preferences(tokenizer, parquet: Path, *, data_hash: str | None, max_tokens: int, overlength: str,
+                          cache_dir: Path):
+    """Tokenise the pairs once per (data, tokenizer+template, length policy); returns (dataset, counts)."""
+    import datasets
+
+    from rutune.data.templates import template_hash
+    from rutune.rundir import file_hash
+
+    key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
+                       "max_tokens": max_tokens, "overlength": overlength, "v": 1})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrow = cache_dir / f"pref-{key}.arrow"
+    counts_path = cache_dir / f"pref-{key}.counts.json"
+    raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
+    counts: dict[str, int] = {}
+    fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength,
+                           counts=counts, where=str(parquet))
+    was_cached = arrow.exists() and counts_path.exists()
+    ds = raw.map(fn, batched=True, batch_size=1000, with_indices=True, remove_columns=raw.column_names,
+                 cache_file_name=str(arrow), load_from_cache_file=was_cached, new_fingerprint=key,
+                 desc="tokenize preference pairs")
+    if was_cached:
+        counts = read_json(counts_path)
+    else:
+        write_json_atomic(counts_path, counts)
+    if len(ds) == 0:
+        raise TrainError(f"{parquet}: no usable pair among {len(raw)} rows ({_describe(counts)}); "
+                         f"check the data or raise data.preference.max_tokens={max_tokens}")
+    return ds, counts
+
+
+def _describe(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+# ---------------------------------------------------------------- trainer
+def check_simpo(stage) -> None:
+    """Loss hyperparameters that pydantic checks in YAML, checked again for stages built in code."""
+    if not stage.beta > 0:
+        raise TrainError(f"train stage {stage.name}: beta must be > 0, got {stage.beta}")
+    if stage.gamma < 0 or stage.sft_weight < 0:
+        raise TrainError(f"train stage {stage.name}: gamma and sft_weight must be >= 0")
+    if stage.batching not in ("prefix_shared", "concat"):
+        raise TrainError(f"train stage {stage.name}: batching must be prefix_shared or concat, got {stage.batching}")
+
+
+def simpo_step_loss(trainer, model, inputs, *, beta: float, gamma: float, sft_weight: float,
+                    return_outputs: bool = False):
+    """One micro-batch: forward on the preference batch, SimPO loss, per-pair metrics recorded for the log."""
+    import torch
+
+    from rutune.train.losses import sequence_logps, simpo_loss
+
+    forward = {k: inputs[k] for k in FORWARD_KEYS}
+    mask = forward["attention_mask"]
+    if mask.is_floating_point():
+        device = mask.device.type
+        if torch.is_autocast_enabled(device):  # SDPA wants the mask in the attention's (autocast) dtype
+            dtype = torch.get_autocast_dtype(device)
+            forward["attention_mask"] = mask.to(dtype).clamp_min(torch.finfo(dtype).min)
+    outputs = model(**forward, use_cache=False, logits_to_keep=inputs["logits_to_keep"])
+    n = int(inputs["num_pairs"])
+    lp = sequence_logps(outputs.logits, inputs["target_ids"], segment_ids=inputs["target_segment"],
+                        num_segments=2 * n)
+    out = simpo_loss(lp.sum[:n], lp.count[:n], lp.sum[n:], lp.count[n:], beta, gamma, sft_weight=sft_weight)
+    margin = out.rewards_chosen - out.rewards_rejected
+    record = trainer.record_metric
+    record("rewards/chosen", out.rewards_chosen.mean())
+    record("rewards/rejected", out.rewards_rejected.mean())
+    record("rewards/margin", margin.mean())
+    record("rewards/accuracy", (margin > 0).float().mean())
+    record("logps/chosen", out.logps_chosen.mean())
+    record("logps/rejected", out.logps_rejected.mean())
+    record("length/chosen", lp.count[:n].float().mean())
+    record("length/rejected", lp.count[n:].float().mean())
+    record("nll/chosen", out.nll)
+    record("trained_tokens", lp.count.sum())
+    record("input_tokens", inputs["input_ids"].numel())
+    return (out.loss, outputs) if return_outputs else out.loss
+
+
+def trainer_class(*, beta: float, gamma: float, sft_weight: float):
+    """A `RecipeTrainer` subclass whose only override is `compute_loss` (SimPO on our preference batches)."""
+    from rutune.train.runtime import RecipeTrainer
+
+    class SimpoTrainer(RecipeTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return simpo_step_loss(self, model, inputs, beta=beta, gamma=gamma, sft_weight=sft_weight,
+                                   return_outputs=return_outputs)
+
+    return SimpoTrainer
+
+
+def mask_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def build_trainer(model, tokenizer, dataset, args, stage, *, callbacks=()):
+    """The SimPO Trainer over a tokenised pair dataset (columns prompt_ids, chosen_ids, rejected_ids)."""
+    from rutune.train.collators import collate_preference
+
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    collator = functools.partial(collate_preference, batching=stage.batching, pad_id=tokenizer.pad_token_id,
+                                 mask_dtype=mask_dtype(precision))
+    cls = trainer_class(beta=stage.beta, gamma=stage.gamma, sft_weight=stage.sft_weight)
+    return cls(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+               callbacks=list(callbacks))
+
+
+def choose_attention(model_cfg, batching: str) -> str | None:
+    """Prefix-shared batches need an attention that takes a 4D float mask: SDPA (default) or eager."""
+    configured = model_cfg.attn_implementation if model_cfg is not None else None
+    if batching == "prefix_shared" and configured not in (None, "sdpa", "eager"):
+        raise TrainError(f"base_model.attn_implementation: {configured!r} cannot take the prefix-shared 4D mask; "
+                         "use sdpa or eager, or set the simpo stage's batching: concat")
+    return configured
+
+
+# ---------------------------------------------------------------- the stage
+def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
+    """Train one `simpo` stage and write `train/<stage>/checkpoint/`; resumes from the last complete checkpoint."""
+    from rutune.train import runtime
+
+    runtime.check_stage(stage)
+    check_simpo(stage)
+    if cfg.data.preference is None:
+        raise TrainError(f"train stage {stage.name}: recipe simpo needs a data.preference block")
+    attn = choose_attention(cfg.base_model, stage.batching)
+    paths = runtime.StagePaths.of(run, stage.name)
+    parquet, data_hash = preference_data(run)
+    init_path = runtime.init_source(cfg, stage, run)
+    tokenizer = runtime.load_stage_tokenizer(init_path)
+    dataset, counts = tokenized_preferences(tokenizer, parquet, data_hash=data_hash,
+                                            max_tokens=cfg.data.preference.max_tokens,
+                                            overlength=cfg.data.preference.overlength, cache_dir=paths.cache)
+
+    from_base = stage.init_from == "base"
+    model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
+                                     attn_implementation=attn)
+    if stage.lora is not None:
+        model = runtime.apply_lora(model, stage.lora)
+    args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
+    trainer = build_trainer(model, tokenizer, dataset, args, stage,
+                            callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
+                                                              label=f"simpo {stage.name}"))
+    result = runtime.train_resumable(trainer, paths)
+    metrics = runtime.read_metrics(paths.metrics)
+    last = metrics[-1] if metrics else {}
+    meta = runtime.stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
+        "recipe": "simpo",
+        "simpo": {"beta": stage.beta, "gamma": stage.gamma, "gamma_beta_ratio": stage.gamma / stage.beta,
+                  "sft_weight": stage.sft_weight, "batching": stage.batching},
+        "data_rows": counts,
+        "train": {"global_steps": result.global_step, "mean_loss": result.training_loss,
+                  "first_loss": metrics[0]["loss"] if metrics else None, "last_loss": last.get("loss"),
+                  "last_accuracy": last.get("rewards/accuracy"), "last_margin": last.get("rewards/margin"),
+                  "trained_tokens": sum(r.get("trained_tokens", 0) for r in metrics)},
+    })
+    runtime.save_final_checkpoint(trainer, tokenizer, paths.checkpoint, meta, init_path=init_path,
+                                  merge_lora=stage.lora.merge_on_save if stage.lora else False)
+    if trainer.is_world_process_zero():
+        runtime.plot_loss_curve(paths.metrics, paths.loss_png, title=f"{cfg.name} · {stage.name}")
+        write_json_atomic(paths.root / "data_counts.json", counts)
+    return paths.checkpoint
+
+
+__all__ = ["build_trainer", "check_simpo", "choose_attention", "preference_data", "run_stage", "simpo_step_loss",
+           "tokenize_pairs", "tokenized_preferences", "trainer_class"]
