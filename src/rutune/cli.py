@@ -120,6 +120,21 @@ def data_stats(
 
 
 # ---------------------------------------------------------------- train (owned by the training stages)
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.stages.0.max_steps=10"),
+    stage: Optional[list[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
+    force: bool = typer.Option(False, help="Retrain even if the stage's manifest matches."),
+):
+    """Run the training stages (sft, simpo) in order; a killed run resumes with the same command."""
+    cfg = _load(config, overrides)
+    from rutune.train.stages import run_training
+
+    checkpoints = guarded(lambda: run_training(cfg, force=force, only=list(stage or []) or None))
+    for path in checkpoints:
+        typer.echo(f"checkpoint: {path}")
+
 
 # ---------------------------------------------------------------- eval: mmlu, babilong
 
