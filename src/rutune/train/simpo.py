@@ -37,10 +37,11 @@ def preference_data(run: RunDir) -> tuple[Path, str | None]:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
+        parquet_file = pq.ParquetFile(path)
+        meta, columns = parquet_file.metadata, parquet_file.schema_arrow.names
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
-    missing = [c for c in PAIR_COLUMNS if c not in meta.schema.names]
+    missing = [c for c in PAIR_COLUMNS if c not in columns]
     if missing:
         raise TrainError(f"{path}: missing column(s) {', '.join(missing)}; rerun `rutune prepare CONFIG`")
     if meta.num_rows == 0:
