@@ -19,23 +19,33 @@ class _Strict(BaseModel):
 
 
 class BackendConfig(_Strict):
+    """How to run a model: `hf` (transformers), `vllm` (extra) or `openai` (any compatible server)."""
+
     kind: Literal["hf", "vllm", "openai"] = "hf"
     batch_size: PositiveInt = 8
     apply_chat_template: bool = True
-    max_length: PositiveInt | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-    served_model: str | None = None
+    max_length: PositiveInt | None = None  # null = the model's max_position_embeddings
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on a GPU
+    device: str | None = None  # null = cuda when available, else cpu
+    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
+    api_key_env: str | None = None  # openai: name of the env var holding the key (null = "EMPTY")
+    served_model: str | None = None  # openai: model name on the server (null = the model path/label)
     concurrency: PositiveInt = 8
+    max_retries: Annotated[int, Field(strict=True, ge=0)] = 3
+    timeout_s: Annotated[float, Field(gt=0)] = 300.0
 
 
 class MmluConfig(_Strict):
-    path: str | None = None  # null = bundled mini ruMMLU
-    revision: str | None = None
+    """ruMMLU. `path`: null = bundled mini sample; a .jsonl/.json/.parquet file or folder; or a hub id."""
+
+    path: str | None = None
+    revision: str | None = None  # hub revision (commit) to pin; recorded in results.json
     format: Literal["mera", "mmlu_ru"] = "mera"
+    split: str = "test"
     shots: Annotated[int, Field(strict=True, ge=0, le=5)] = 0
     domains: list[str] | None = None
     limit: PositiveInt | None = None
+    bootstrap_rounds: PositiveInt = 1000
 
 
 class BabilongConfig(_Strict):
@@ -47,19 +57,32 @@ class BabilongConfig(_Strict):
     lengths: list[str] = Field(default_factory=lambda: ["1k", "2k", "4k"])
     samples_per_length: PositiveInt = 10
     max_new_tokens: PositiveInt = 16
-    task_file: str | None = None
+    task_file: str | None = None  # null = rutune's own instructions; LIBRA's datasets_config.json is accepted
     overlength: Literal["skip", "middle_truncate"] = "skip"
     normalise: bool = True
+    bootstrap_rounds: PositiveInt = 1000
 
 
 class ArenaConfig(_Strict):
-    questions: str | None = None  # null = benchdata when present, else bundled placeholders
+    """RU Arena (ru_llm_arena protocol): answers → pairwise judge in both seat orders → BT win rate vs baseline.
+
+    `questions`/`baseline`: local jsonl in the ru_llm_arena formats or a hub id (questions only); null = the
+    benchdata copy when present, else the bundled placeholders. `answers`: an existing answer file for the model
+    (skips generation). `bootstrap_unit`: `battle` resamples battle rows as the leaderboard does, `question`
+    resamples whole questions (both games and the ×3 rows together).
+    """
+
+    questions: str | None = None
+    revision: str | None = None  # hub revision of `questions` when it is a hub id; null = the pinned one
     baseline: str | None = None
+    answers: str | None = None
     judge: str | None = None  # judge profile YAML; null = env-configured judge or "no judge configured"
     max_new_tokens: PositiveInt = 2048
     system_prompt: str | None = None
     limit: PositiveInt | None = None
     bootstrap_rounds: PositiveInt = 100
+    bootstrap_unit: Literal["battle", "question"] = "battle"
+    strong_weight: PositiveInt = 3
 
 
 class NllConfig(_Strict):

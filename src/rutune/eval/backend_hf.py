@@ -1,0 +1,218 @@
+"""`hf` backend: transformers, batched, length-sorted, left-padded, greedy by default.
+
+Batch size does not change results: rows are left-padded with explicit `position_ids` (so padding never
+shifts a row's positions) and results return in request order.
+
+Log-likelihood shares forwards. A request needs the model's logits at the positions that predict its
+continuation tokens, i.e. one forward over `tokens[:-1]`. When several requests of the same context have
+token sequences `tokens[:-1]` that are prefixes of one another (multiple-choice letters: " A" may be one
+token while " B" is "Ġ"+"B"), one forward over the longest serves them all. For ruMMLU that is one forward
+per question. Only the last few positions' logits are computed (`logits_to_keep`), so the output layer costs
+a few rows per question instead of the whole prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
+                                  cut_at_stop, encode_pair, messages_of, plain_text_of)
+from rutune.eval.errors import EvalError
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
+
+
+def load_model_and_tokenizer(model_path: str, *, dtype: str = "auto", device: str | None = None):
+    """Load a causal LM and its tokenizer; a missing folder or unreadable model is an EvalError."""
+    from rutune.models import ModelError, resolve_model_path
+
+    try:
+        resolved = resolve_model_path(model_path)
+    except ModelError as e:
+        raise EvalError(str(e)) from None
+    if _looks_local(resolved) and not Path(resolved).expanduser().exists():
+        raise EvalError(f"model path {model_path}: folder not found")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:  # auto: exact fp32 on CPU, bf16 on an accelerator
+        torch_dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvalError(f"model {model_path}: cannot load ({first})") from None
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, resolved
+
+
+@dataclass
+class _Group:
+    """Requests served by one forward over `tokens` (each request's input is a prefix of it)."""
+
+    tokens: list[int]
+    members: list[tuple[int, int, list[int]]]  # (request index, input length, continuation tokens)
+
+
+class HFBackend:
+    def __init__(self, model_path: str, *, batch_size: int = 8, apply_chat_template: bool = True,
+                 max_length: int | None = None, dtype: str = "auto", device: str | None = None):
+        self.model, self.tokenizer, self.model_path = load_model_and_tokenizer(model_path, dtype=dtype, device=device)
+        self.device = self.model.device
+        self.batch_size = batch_size
+        self.apply_chat_template = apply_chat_template
+        window = getattr(self.model.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        self.max_length = max_length or int(window)
+        self.n_forward_rows = 0  # sequences run through the model by loglikelihood (one per ruMMLU question)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = sorted(eos_ids)
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_text(self, request: GenerationRequest) -> str:
+        """The exact text the model sees for a generation request."""
+        if not self.apply_chat_template:
+            return plain_text_of(request)
+        if not self.tokenizer.chat_template:
+            raise EvalError(f"model {self.model_path}: its tokenizer has no chat template, but the chat template "
+                            "is requested (set eval.backend.apply_chat_template: false)")
+        return self.tokenizer.apply_chat_template(messages_of(request), tokenize=False, add_generation_prompt=True)
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        text = self.prompt_text(request)
+        # A rendered chat already holds its special tokens; plain text gets the tokenizer's own (e.g. BOS).
+        return self.tokenizer(text, add_special_tokens=not self.apply_chat_template)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ batching helpers
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            if seq:
+                ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+                mask[row, width - len(seq):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    # ------------------------------------------------------------------ generate
+    @torch.inference_mode()
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        encoded = [self.prompt_ids(r) for r in requests]
+        for i, ids in enumerate(encoded):
+            if len(ids) >= self.max_length:
+                raise EvalError(f"generation request {i}: prompt has {len(ids)} tokens, the model window is "
+                                f"{self.max_length}")
+        results: list[GenerationResult | None] = [None] * len(requests)
+        # Longest first: memory trouble shows on the first batch; similar lengths share a batch (less padding).
+        order = sorted(range(len(requests)), key=lambda i: (-len(encoded[i]), i))
+        greedy = [i for i in order if requests[i].temperature <= 0]
+        sampled = [i for i in order if requests[i].temperature > 0]
+        for start in range(0, len(greedy), self.batch_size):
+            self._generate_batch(greedy[start:start + self.batch_size], requests, encoded, results)
+        for i in sampled:  # one at a time, seeded, so a sampled answer does not depend on its batch mates
+            torch.manual_seed(i)
+            self._generate_batch([i], requests, encoded, results)
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, batch: list[int], requests, encoded, results) -> None:
+        from transformers import GenerationConfig
+
+        seqs = [encoded[i] for i in batch]
+        ids, mask, _ = self._left_pad(seqs)
+        budget = [min(requests[i].max_new_tokens, self.max_length - len(encoded[i])) for i in batch]
+        temperature = requests[batch[0]].temperature
+        config = GenerationConfig(max_new_tokens=max(budget), do_sample=temperature > 0,
+                                  temperature=temperature if temperature > 0 else None,
+                                  top_p=None, top_k=None,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        new = out[:, ids.shape[1]:].tolist()
+        for row, i in enumerate(batch):
+            results[i] = self._finish(new[row][: budget[row]], requests[i], budget[row])
+
+    def _finish(self, tokens: list[int], request: GenerationRequest, budget: int) -> GenerationResult:
+        hit_eos = False
+        for k, t in enumerate(tokens):
+            if t in self.eos_ids:
+                tokens, hit_eos = tokens[:k], True
+                break
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text, hit_stop = cut_at_stop(text, request.stop)
+        n_tokens = len(tokens)
+        if hit_stop:  # count tokens up to the one that completed the stop string
+            n_tokens = next(k for k in range(1, len(tokens) + 1)
+                            if cut_at_stop(self.tokenizer.decode(tokens[:k], skip_special_tokens=True),
+                                           request.stop)[1])
+        finish = "stop" if (hit_eos or hit_stop or len(tokens) < budget) else "length"
+        return GenerationResult(text=text, n_tokens=n_tokens, finish_reason=finish)
+
+    # ------------------------------------------------------------------ log-likelihood
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        return encode_pair(self.tokenizer, context, continuation)
+
+    def _groups(self, requests: list[LoglikelihoodRequest]) -> list[_Group]:
+        by_context: dict[str, list[_Group]] = {}
+        pending = []
+        for i, r in enumerate(requests):
+            ctx, cont = self.encode_pair(r.context, r.continuation)
+            if not cont:
+                raise EvalError(f"log-likelihood request {i}: empty continuation")
+            inp = ctx + cont[:-1]
+            if len(inp) > self.max_length:
+                raise EvalError(f"log-likelihood request {i}: {len(inp)} tokens, the model window is "
+                                f"{self.max_length} (use fewer shots or a longer max_length)")
+            pending.append((i, inp, cont, r.context))
+        pending.sort(key=lambda p: -len(p[1]))
+        groups: list[_Group] = []
+        for i, inp, cont, context in pending:
+            candidates = by_context.setdefault(context, [])
+            for g in candidates:
+                if g.tokens[: len(inp)] == inp:
+                    g.members.append((i, len(inp), cont))
+                    break
+            else:
+                g = _Group(tokens=inp, members=[(i, len(inp), cont)])
+                candidates.append(g)
+                groups.append(g)
+        return groups
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        groups = self._groups(requests)
+        groups.sort(key=lambda g: -len(g.tokens))
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        for start in range(0, len(groups), self.batch_size):
+            batch = groups[start:start + self.batch_size]
+            # Positions needed, counted back from each row's end: the first continuation token's predictor.
+            keep = max(len(g.tokens) - (n_inp - len(cont)) for g in batch for _, n_inp, cont in g.members)
+            ids, mask, positions = self._left_pad([g.tokens for g in batch])
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=keep, use_cache=False).logits
+            self.n_forward_rows += len(batch)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, g in enumerate(batch):
+                for i, n_inp, cont in g.members:
+                    # logits_to_keep row j predicts token (len(tokens) - keep + j + 1) of the group's sequence.
+                    first = n_inp - len(cont) - (len(g.tokens) - keep)
+                    lp = logprobs[row, first:first + len(cont)]
+                    target = torch.tensor(cont, device=lp.device)
+                    total = float(lp.gather(-1, target[:, None]).sum())
+                    greedy = bool((lp.argmax(-1) == target).all())
+                    results[i] = LoglikelihoodResult(logprob=total, is_greedy=greedy)
+        return results  # type: ignore[return-value]
