@@ -6,9 +6,11 @@ after it, and never a duplicated end-of-turn token. No `{% generation %}` marker
 
 How spans are found (character offsets in the full render, then tokens):
 1. Prefix diff. For assistant turn k, `render(messages[:k], add_generation_prompt=True)` must be a prefix of
-   the full render; the turn starts where it ends. If the content follows verbatim and then the template's
-   end-of-turn text (learned once per template from a probe conversation), the span is content + end-of-turn.
-   Otherwise the span runs to the end of `render(messages[:k+1])` with trailing whitespace removed.
+   the full render; the turn starts where it ends. The turn ends after the template's end-of-turn text
+   (learned once per template from a probe conversation: what follows a reply, minus trailing whitespace):
+   right after the verbatim content when it is there, else at the next occurrence of the end-of-turn text
+   (templates that trim or rewrite content). A template with no end-of-turn text ends the turn where
+   `render(messages[:k+1])` ends, minus trailing whitespace.
 2. Search fallback, when a prefix is not a prefix of the full render (templates that re-render earlier turns
    differently once later turns exist): every message's content is located in order in the full render and
    each assistant span is extended by the end-of-turn text when it follows.
@@ -168,37 +170,54 @@ def assistant_spans(renderer: _Renderer, messages: list[dict], full: str) -> lis
             prefix = renderer(messages[:k], True) if k else None
         except TemplateError:
             prefix = None
-        if prefix is None or not full.startswith(prefix):
+        span = None
+        if prefix is not None and full.startswith(prefix):
+            upto = (lambda: full) if k == last else (lambda: renderer(messages[:k + 1]))
+            span = _turn_span(renderer, full, len(prefix), m["content"], upto)
+        if span is None:
             return _spans_by_search(renderer, messages, full)
-        start, content = len(prefix), m["content"]
-        if content and full.startswith(content, start):
-            eot = end_of_turn(renderer)
-            if full.startswith(eot, start + len(content)):
-                spans.append((start, start + len(content) + len(eot)))
-                continue
-        upto = full if k == last else renderer(messages[:k + 1])
-        if not full.startswith(upto) or len(upto) < start:
-            return _spans_by_search(renderer, messages, full)
-        spans.append((start, max(start, len(upto.rstrip()))))
+        spans.append(span)
     return spans
 
 
+def _turn_span(renderer: _Renderer, full: str, start: int, content: str, upto) -> tuple[int, int] | None:
+    """End of the assistant turn starting at `start` (see the module doc); None when it cannot be placed."""
+    eot = end_of_turn(renderer)
+    if full.startswith(content, start) and full.startswith(eot, start + len(content)):
+        return start, start + len(content) + len(eot)
+    if eot:  # content rewritten by the template (trimmed, reformatted): up to the next end-of-turn text
+        at = full.find(eot, start)
+        return (start, at + len(eot)) if at >= 0 else None
+    text = upto()
+    if not full.startswith(text) or len(text) < start:
+        return None
+    return start, max(start, len(text.rstrip()))
+
+
 def _spans_by_search(renderer: _Renderer, messages: list[dict], full: str) -> list[tuple[int, int]]:
-    """Locate every message's content in order; assistant spans get the end-of-turn text when it follows."""
+    """Locate messages' contents in order; assistant spans get the end-of-turn text when it follows.
+
+    A system/user content moves the cursor only when it is found before the next assistant content, so a
+    template that moves a message (e.g. the system prompt into the last user turn) does not derail the search,
+    and a user turn that quotes the reply does not capture it.
+    """
     eot = end_of_turn(renderer)
     spans, cursor = [], 0
     for k, m in enumerate(messages):
         content = m["content"].strip()
         at = full.find(content, cursor) if content else -1
-        if at < 0:
-            if m["role"] == "assistant":
-                raise TemplateError(f"messages[{k}]: assistant content not found in the rendered chat")
+        if m["role"] != "assistant":
+            following = next((n["content"].strip() for n in messages[k + 1:] if n["role"] == "assistant"), None)
+            limit = full.find(following, cursor) if following else -1
+            if at >= 0 and (limit < 0 or at < limit):
+                cursor = at + len(content)
             continue
+        if at < 0:
+            raise TemplateError(f"messages[{k}]: assistant content not found in the rendered chat")
         end = at + len(content)
-        if m["role"] == "assistant":
-            if eot and full.startswith(eot, end):
-                end += len(eot)
-            spans.append((at, end))
+        if eot and full.startswith(eot, end):
+            end += len(eot)
+        spans.append((at, end))
         cursor = end
     return spans
 
@@ -213,22 +232,16 @@ def _encode_batch(tokenizer, texts: list[str]):
 
 
 def _token_range(encoding, n_tokens: int, n_chars: int, start: int, end: int) -> tuple[int, int]:
-    """[first, stop) of tokens overlapping chars [start, end), via the encoding's char↔token maps."""
-    first = None
-    for c in range(start, end):
-        first = encoding.char_to_token(c)
-        if first is not None:
-            break
+    """[first, stop) of the tokens overlapping chars [start, end) — transformers' rule for generation masks
+    (a token is in when token_end > start and token_start < end) — found near the boundaries only."""
+    first = next((t for c in range(start, end) if (t := encoding.char_to_token(c)) is not None), None)
     if first is None:
         return 0, 0
-    stop = None
-    for c in range(end, n_chars):
-        t = encoding.char_to_token(c)
-        if t is not None:
-            stop = t + 1 if encoding.token_to_chars(t)[0] < end else t
-            break
-    if stop is None:
-        stop = n_tokens
+    while first > 0 and encoding.token_to_chars(first - 1)[1] > start:
+        first -= 1
+    stop = next((t for c in range(end, n_chars) if (t := encoding.char_to_token(c)) is not None), n_tokens)
+    while stop < n_tokens and encoding.token_to_chars(stop)[0] < end:
+        stop += 1
     return first, max(first, stop)
 
 
@@ -335,8 +348,10 @@ def tokenize_pair(tokenizer, prompt: Sequence[dict], chosen: str, rejected: str,
     for reply in (chosen, rejected):
         full_msgs = msgs + [{"role": "assistant", "content": reply}]
         full = renderer(full_msgs)
+        span = _turn_span(renderer, full, len(prompt_text), reply, lambda: full) \
+            if full.startswith(prompt_text) else None
         fulls.append(full)
-        spans.append(assistant_spans(renderer, full_msgs, full)[-1])
+        spans.append(span or _spans_by_search(renderer, full_msgs, full)[-1])
     ids_batch, encodings = _encode_batch(tokenizer, [prompt_text, *fulls])
     prompt_ids = list(ids_batch[0])
     replies: list[list[int]] = []
