@@ -1,0 +1,151 @@
+"""Parity with TRL 1.16 on the real Qwen2.5 vocabulary: our labels == SFTTrainer(assistant_only_loss=True) labels.
+
+TRL needs `{% generation %}` markers; it gets a copy of Qwen2.5's template whose only change is a marker pair
+around `content + '<|im_end|>'` of assistant turns (the copy renders byte-identically, checked below). Our side
+uses the unmarked template. Conversations: the bundled samples that hold chat message lists, plus synthetic
+Russian chats (system prompts, 1–4 exchanges, replies with leading/trailing whitespace, newlines, code, emoji).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rutune.data.templates import IGNORE_INDEX, render, tokenize_chats
+from rutune.records import ROLES
+
+SAMPLES = Path(__file__).resolve().parent.parent / "src" / "rutune" / "samples"
+
+ORIGINAL_BRANCH = "{%- if (message.role == \"user\") or"
+MARKED_BRANCH = (
+    "{%- if message.role == \"assistant\" and not message.tool_calls %}"
+    "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message.content + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}\n    {%- elif (message.role == \"user\") or"
+)
+
+
+def marked_qwen_template(template: str) -> str:
+    assert template.count(ORIGINAL_BRANCH) == 1
+    return template.replace(ORIGINAL_BRANCH, MARKED_BRANCH)
+
+
+def _chat_lists(obj):
+    """Every list of {role, content} dicts inside a sample row."""
+    if isinstance(obj, list) and obj and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in obj):
+        yield [{"role": m["role"], "content": m["content"]} for m in obj]
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _chat_lists(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _chat_lists(value)
+
+
+def sample_conversations(limit: int) -> list[list[dict]]:
+    """Chats with a user turn and an assistant turn from the bundled samples (those that exist)."""
+    found = []
+    for path in sorted(SAMPLES.rglob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            for chat in _chat_lists(json.loads(line)):
+                roles = [m["role"] for m in chat]
+                if (set(roles) <= set(ROLES) and "assistant" in roles and "user" in roles
+                        and all(isinstance(m["content"], str) and m["content"] for m in chat)):
+                    found.append(chat)
+    return found[:limit]
+
+
+SYSTEMS = ["Ты — полезный ассистент. Отвечай по-русски.", "Отвечай кратко, одним предложением.",
+           "Ты эксперт по истории России.\nИзбегай выдумок.", "You are a helpful assistant."]
+QUESTIONS = ["Привет! Как дела?", "Сколько будет 17 × 23?", "Объясни, что такое фотосинтез.",
+             "Напиши хайку про осень.", "Переведи на английский: «Мне нравится читать книги».",
+             "Какая столица Австралии?", "Почему небо голубое?", "Дай совет, как выучить язык за год.",
+             "Что такое рекурсия? Приведи пример на Python.", "Кто написал «Войну и мир»?"]
+ANSWERS = ["Всё хорошо, спасибо! Чем могу помочь?", "17 × 23 = 391.",
+           "Фотосинтез — это процесс, в котором растения превращают свет, воду и CO₂ в глюкозу и кислород.",
+           "Листья шуршат,\nветер несёт холод —\nосень пришла.", "I like reading books.",
+           "Канберра.", "Из-за рэлеевского рассеяния: короткие (синие) волны рассеиваются сильнее.",
+           "1. Занимайтесь каждый день.\n2. Читайте и слушайте.\n\n3. Говорите с носителями 🙂",
+           "Рекурсия — это вызов функцией самой себя:\n```python\ndef f(n):\n    return 1 if n < 2 else n * f(n - 1)\n```",
+           "Лев Николаевич Толстой.", "  Ответ с пробелами по краям  ", "\nОтвет, начинающийся с перевода строки",
+           "Да", "Нет.\n", "Ok"]
+
+
+def synthetic_conversations(n: int, seed: int = 0) -> list[list[dict]]:
+    rng = random.Random(seed)
+    chats = []
+    for i in range(n):
+        chat = [{"role": "system", "content": rng.choice(SYSTEMS)}] if i % 3 != 2 else []
+        for _ in range(1 + i % 4):
+            chat.append({"role": "user", "content": rng.choice(QUESTIONS)})
+            chat.append({"role": "assistant", "content": rng.choice(ANSWERS)})
+        chats.append(chat)
+    return chats
+
+
+@pytest.fixture(scope="module")
+def conversations():
+    from_samples = sample_conversations(limit=40)
+    chats = from_samples + synthetic_conversations(max(30, 60 - len(from_samples)))
+    assert len(chats) >= 50
+    assert sum(1 for c in chats if c[0]["role"] == "system") >= 10
+    assert sum(1 for c in chats if sum(m["role"] == "assistant" for m in c) >= 3) >= 10
+    return chats
+
+
+def trl_labels(qwen_tokenizer, chats, tmp_path) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per chat as TRL's SFTTrainer prepares and collates them."""
+    import copy
+
+    import torch
+    from datasets import Dataset
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(2)
+    tok = copy.deepcopy(qwen_tokenizer)
+    tok.chat_template = marked_qwen_template(qwen_tokenizer.chat_template)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(config)
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), assistant_only_loss=True, max_length=None, report_to="none",
+                     per_device_train_batch_size=8, use_cpu=True, shuffle_dataset=False, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list([{"messages": c} for c in chats]))
+    rows = [trainer.train_dataset[i] for i in range(len(chats))]
+    out = []
+    for at in range(0, len(rows), 8):
+        batch = trainer.data_collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows[at:at + 8]])
+        for ids, labels, keep in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            n = int(keep.sum())
+            assert bool(keep[:n].all())  # right padding
+            out.append((ids[:n].tolist(), labels[:n].tolist()))
+    return out
+
+
+def test_marked_template_renders_like_the_original(qwen_tokenizer, conversations):
+    import copy
+
+    marked = copy.deepcopy(qwen_tokenizer)
+    marked.chat_template = marked_qwen_template(qwen_tokenizer.chat_template)
+    for chat in conversations[:20]:
+        assert render(marked, chat) == render(qwen_tokenizer, chat)
+
+
+def test_labels_equal_trl_assistant_only_loss(qwen_tokenizer, conversations, tmp_path):
+    ours = tokenize_chats(qwen_tokenizer, conversations)
+    theirs = trl_labels(qwen_tokenizer, conversations, tmp_path)
+    assert len(theirs) == len(ours) == len(conversations)
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    trained_total = 0
+    for i, (row, (ids, labels)) in enumerate(zip(ours, theirs)):
+        assert row.input_ids == ids, f"conversation {i}: input_ids differ"
+        assert row.labels == labels, f"conversation {i}: labels differ"
+        n_assistant = sum(m["role"] == "assistant" for m in conversations[i])
+        assert sum(1 for x in row.labels if x == im_end) == n_assistant
+        trained_total += sum(1 for x in row.labels if x != IGNORE_INDEX)
+    assert trained_total > 1000  # the comparison covered real spans, not empty masks
