@@ -45,6 +45,7 @@ class MmluConfig(_Strict):
     shots: Annotated[int, Field(strict=True, ge=0, le=5)] = 0
     domains: list[str] | None = None
     limit: PositiveInt | None = None
+    chat_template: bool = False  # MERA scores raw prompts; true wraps each prompt as one chat user turn
     bootstrap_rounds: PositiveInt = 1000
 
 
