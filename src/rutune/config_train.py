@@ -58,14 +58,16 @@ class SftStage(OptimConfig):
 class SimpoStage(OptimConfig):
     """SimPO. `gamma` is an absolute reward margin (TRL's `simpo_gamma`); SimPO's γ/β ratio = gamma / beta.
 
-    Defaults are SimPO's published Llama-3-8B-Instruct setting (β 2.5, γ/β 0.55 → γ 1.375), not TRL's CPO
-    defaults (β 0.1), and learning rates an order of magnitude below SFT's.
+    Defaults are SimPO's published setting for an instruct model (Llama-3-8B-Instruct: β 2.5, γ/β 0.55 → γ 1.375,
+    LR 1e-6, cosine schedule, warmup 0.1, no SFT term), not TRL's CPO defaults (β 0.1, cpo_alpha 1.0). See
+    docs/simpo.md for the conversions and the other published settings.
     """
 
     recipe: Literal["simpo"]
     name: str = Field(default="simpo", pattern=r"^[A-Za-z0-9_\-]+$")
     init_from: str = "sft"
     learning_rate: Number = Field(default=1e-6, gt=0)
+    warmup_ratio: Number = Field(default=0.1, ge=0, lt=1)
     beta: Number = Field(default=2.5, gt=0)
     gamma: Number = Field(default=1.375, ge=0)
     sft_weight: Number = Field(default=0.0, ge=0)

@@ -230,6 +230,9 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
                                             max_tokens=cfg.data.preference.max_tokens,
                                             overlength=cfg.data.preference.overlength, cache_dir=paths.cache)
 
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA adapters are random-initialised: seed before they are created, so runs repeat
     from_base = stage.init_from == "base"
     model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
                                      attn_implementation=attn)
