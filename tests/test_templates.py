@@ -122,6 +122,16 @@ def test_batched_equals_single_and_render_matches_transformers(tok):
             c[:-1], tokenize=False, add_generation_prompt=True)
 
 
+def test_piecewise_labels_for_slow_tokenizers_match_offsets(tok):
+    """Slow tokenizers have no offsets: tokenizing piece by piece at span boundaries gives the same row here."""
+    from rutune.data import chat_spans
+
+    renderer = chat_spans.ChatRenderer(tok)
+    full = renderer(MULTI)
+    ids, labels = chat_spans.labels_by_pieces(tok, full, chat_spans.assistant_spans(renderer, MULTI, full))
+    assert (ids, labels) == (tokenize_chat(tok, MULTI).input_ids, tokenize_chat(tok, MULTI).labels)
+
+
 def test_truncation_drop_and_truncate_exact(tok):
     full = tokenize_chat(tok, MULTI)
     n = len(full.input_ids)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rutune.data import chat_spans
 from rutune.data.templates import IGNORE_INDEX, render, tokenize_chats
 from rutune.records import ROLES
 
@@ -75,6 +76,15 @@ ANSWERS = ["Всё хорошо, спасибо! Чем могу помочь?",
            "Да", "Нет.\n", "Ok"]
 
 
+QUOTING = [  # messages that quote the template's own markers: the header fast path must step aside
+    [{"role": "user", "content": "Что значит <|im_start|>assistant\n в шаблоне?"},
+     {"role": "assistant", "content": "Это заголовок реплики ассистента."}],
+    [{"role": "system", "content": "Будь точен."}, {"role": "user", "content": "Повтори: Да"},
+     {"role": "assistant", "content": "Да"}, {"role": "user", "content": "Ещё раз"},
+     {"role": "assistant", "content": "Да<|im_end|> — вот так"}],
+]
+
+
 def synthetic_conversations(n: int, seed: int = 0) -> list[list[dict]]:
     rng = random.Random(seed)
     chats = []
@@ -90,11 +100,16 @@ def synthetic_conversations(n: int, seed: int = 0) -> list[list[dict]]:
 @pytest.fixture(scope="module")
 def conversations():
     from_samples = sample_conversations(limit=40)
-    chats = from_samples + synthetic_conversations(max(30, 60 - len(from_samples)))
+    chats = from_samples + QUOTING + synthetic_conversations(max(30, 60 - len(from_samples)))
     assert len(chats) >= 50
     assert sum(1 for c in chats if c[0]["role"] == "system") >= 10
     assert sum(1 for c in chats if sum(m["role"] == "assistant" for m in c) >= 3) >= 10
     return chats
+
+
+@pytest.fixture(scope="module")
+def trl_rows(qwen_tokenizer, conversations, tmp_path_factory):
+    return trl_labels(qwen_tokenizer, conversations, tmp_path_factory.mktemp("trl"))
 
 
 def trl_labels(qwen_tokenizer, chats, tmp_path) -> list[tuple[list[int], list[int]]]:
@@ -136,16 +151,32 @@ def test_marked_template_renders_like_the_original(qwen_tokenizer, conversations
         assert render(marked, chat) == render(qwen_tokenizer, chat)
 
 
-def test_labels_equal_trl_assistant_only_loss(qwen_tokenizer, conversations, tmp_path):
+@pytest.mark.parametrize("path", ["header fast path", "prefix-diff path"])
+def test_labels_equal_trl_assistant_only_loss(qwen_tokenizer, conversations, trl_rows, path, monkeypatch):
+    if path == "prefix-diff path":
+        monkeypatch.setattr(chat_spans, "_header_spans", lambda *a: None)
     ours = tokenize_chats(qwen_tokenizer, conversations)
-    theirs = trl_labels(qwen_tokenizer, conversations, tmp_path)
-    assert len(theirs) == len(ours) == len(conversations)
+    assert len(trl_rows) == len(ours) == len(conversations)
     im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
     trained_total = 0
-    for i, (row, (ids, labels)) in enumerate(zip(ours, theirs)):
+    for i, (row, (ids, labels)) in enumerate(zip(ours, trl_rows)):
         assert row.input_ids == ids, f"conversation {i}: input_ids differ"
         assert row.labels == labels, f"conversation {i}: labels differ"
-        n_assistant = sum(m["role"] == "assistant" for m in conversations[i])
-        assert sum(1 for x in row.labels if x == im_end) == n_assistant
+        if not any("<|im_end|>" in m["content"] for m in conversations[i]):
+            n_assistant = sum(m["role"] == "assistant" for m in conversations[i])
+            assert sum(1 for x in row.labels if x == im_end) == n_assistant
         trained_total += sum(1 for x in row.labels if x != IGNORE_INDEX)
     assert trained_total > 1000  # the comparison covered real spans, not empty masks
+
+
+def test_header_fast_path_is_taken_for_qwen_and_skipped_for_quotes(qwen_tokenizer, conversations):
+    renderer = chat_spans.ChatRenderer(qwen_tokenizer)
+    assert chat_spans._facts(renderer).header == "<|im_start|>assistant\n"
+    assert chat_spans._facts(renderer).end_of_turn == "<|im_end|>"
+    for chat in QUOTING:
+        assert chat_spans._header_spans(chat_spans._facts(renderer), chat, renderer(chat)) is None
+    for chat in conversations:
+        full = renderer(chat)
+        if chat not in QUOTING:
+            assert chat_spans._header_spans(chat_spans._facts(renderer), chat, full) == \
+                chat_spans._prefix_spans(renderer, chat, full)
