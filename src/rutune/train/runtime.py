@@ -148,9 +148,15 @@ def load_stage_model(path: str, model_cfg=None, *, attn_implementation: str | No
     return model
 
 
-def apply_lora(model, lora_cfg):
-    """Wrap `model` with peft LoRA adapters per the stage's `lora:` block (r, alpha, dropout, target modules)."""
+def apply_lora(model, lora_cfg, *, seed: int = 0):
+    """Wrap `model` with peft LoRA adapters per the stage's `lora:` block (r, alpha, dropout, target modules).
+
+    The adapters' random init (A matrices) is drawn from `seed`, so two runs of a config start identically.
+    """
+    import torch
     from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
 
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM")

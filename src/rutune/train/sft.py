@@ -174,7 +174,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
                                      attn_implementation=choose_attention(cfg.base_model, stage.packing))
     if stage.lora is not None:
-        model = runtime.apply_lora(model, stage.lora)
+        model = runtime.apply_lora(model, stage.lora, seed=cfg.seed)
     trainer = build_trainer(model, tokenizer, dataset, args, packing=stage.packing,
                             callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
                                                               label=f"sft {stage.name}"))
