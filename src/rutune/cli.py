@@ -139,6 +139,43 @@ def train(
 # ---------------------------------------------------------------- eval: mmlu, babilong
 
 # ---------------------------------------------------------------- eval: arena
+@eval_app.command("arena")
+def eval_arena(
+    model: Optional[str] = typer.Option(None, "--model", help="Model to answer: `tiny`, a folder, a hub id, or a "
+                                        "served model name with --backend openai."),
+    judge: Optional[Path] = typer.Option(None, "--judge", help="Judge profile YAML (configs/judges/NAME.yaml); "
+                                         "default: RUTUNE_JUDGE_* env vars, else answers only."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline answer file (ru_llm_arena format)."),
+    questions: Optional[str] = typer.Option(None, "--questions", help="question.jsonl or a hub dataset id."),
+    answers: Optional[Path] = typer.Option(None, "--answers", help="Score an existing answer file instead of "
+                                           "generating."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N questions only."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/eval/arena/LABEL)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Model label in results (default: folder name)."),
+    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
+    backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+):
+    """RU Arena: answers → pairwise judge (both orders) → win rate vs the baseline (0–1) with a 95% CI."""
+    from rutune.config_eval import ArenaConfig, BackendConfig
+    from rutune.eval.arena import run_arena, summary_line
+
+    if model is None and answers is None:
+        fail("give --model PATH (to generate answers) or --answers FILE (to score existing ones)")
+    if backend not in ("hf", "vllm", "openai"):
+        fail(f"--backend {backend}: expected hf, vllm or openai")
+    name = label or Path(str(model or answers)).name.removesuffix(".jsonl") or "model"
+    cfg = guarded(lambda: ArenaConfig(questions=questions, baseline=str(baseline) if baseline else None,
+                                      answers=str(answers) if answers else None, judge=str(judge) if judge else None,
+                                      limit=limit, max_new_tokens=max_new_tokens, system_prompt=system_prompt))
+    backend_cfg = guarded(lambda: BackendConfig(kind=backend, batch_size=batch_size))
+    out_dir = out or Path("runs") / "eval" / "arena" / name
+    results = guarded(lambda: run_arena(cfg, backend_cfg, model, name, out_dir, seed=seed))
+    typer.echo(summary_line(results))
+    typer.echo(f"wrote {out_dir / 'results.json'}")
+
 
 # ---------------------------------------------------------------- pipeline, report, serve, demo
 
