@@ -114,8 +114,12 @@ def test_three_exchanges_mask(tok):
 
 
 def test_batched_equals_single_and_render_matches_transformers(tok):
+    from rutune.records import Conversation, Message
+
     convs = [SINGLE, WITH_SYSTEM, MULTI]
     assert tokenize_chats(tok, convs) == [tokenize_chat(tok, c) for c in convs]
+    record = Conversation(messages=tuple(Message(m["role"], m["content"]) for m in MULTI), source="test")
+    assert tokenize_chats(tok, [record]) == [tokenize_chat(tok, MULTI)]
     for c in convs:
         assert render(tok, c) == tok.apply_chat_template(c, tokenize=False)
         assert render(tok, c[:-1], add_generation_prompt=True) == tok.apply_chat_template(

@@ -180,3 +180,28 @@ def test_header_fast_path_is_taken_for_qwen_and_skipped_for_quotes(qwen_tokenize
         if chat not in QUOTING:
             assert chat_spans._header_spans(chat_spans._facts(renderer), chat, full) == \
                 chat_spans._prefix_spans(renderer, chat, full)
+
+
+def test_pair_invariants_on_qwen_vocabulary(qwen_tokenizer, conversations):
+    """prompt_ids + chosen_ids is a prefix of the tokenized full chat; replies decode to content + <|im_end|>."""
+    from rutune.data.templates import tokenize_chat, tokenize_pair
+
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    clean = 0
+    for chat in conversations:
+        last = max(k for k, m in enumerate(chat) if m["role"] == "assistant")
+        prompt, chosen, rejected = chat[:last], chat[last]["content"], "Не знаю."
+        pair = tokenize_pair(qwen_tokenizer, prompt, chosen, rejected)
+        assert qwen_tokenizer.decode(pair.prompt_ids) == render(qwen_tokenizer, prompt, add_generation_prompt=True)
+        assert qwen_tokenizer.decode(pair.chosen_ids) == chosen + "<|im_end|>"
+        assert qwen_tokenizer.decode(pair.rejected_ids) == rejected + "<|im_end|>"
+        assert pair.rejected_ids[-1] == im_end and pair.rejected_ids.count(im_end) == 1
+        whole = tokenize_chat(qwen_tokenizer, chat[:last + 1])
+        n = len(pair.prompt_ids) + len(pair.chosen_ids)
+        if whole.input_ids[:n] == pair.prompt_ids + pair.chosen_ids:
+            clean += 1
+            assert whole.labels[len(pair.prompt_ids):n] == pair.chosen_ids
+            assert whole.input_ids[n:] == qwen_tokenizer("\n", add_special_tokens=False)["input_ids"]
+        else:  # BPE merged the header's "\n" with a reply that starts with whitespace
+            assert chosen[:1].isspace()
+    assert clean >= len(conversations) * 0.8

@@ -89,6 +89,7 @@ def tokenize_chats(tokenizer, conversations: Sequence[Sequence[dict]], *, max_to
                    counts: MutableMapping[str, int] | None = None) -> list[TokenizedChat | None]:
     """Tokenize many chats with one batched tokenizer call; labels train assistant turns only.
 
+    A chat is a list of {role, content} dicts (or `records.Message`s, or a `records.Conversation`).
     Rows longer than `max_tokens` are dropped (None) or, with overlength="truncate", cut to their first
     `max_tokens` tokens; a cut that leaves no trained token drops the row too. `counts` (optional) gets
     `kept`, `truncated`, `dropped_overlength`.
@@ -98,7 +99,7 @@ def tokenize_chats(tokenizer, conversations: Sequence[Sequence[dict]], *, max_to
     renderer = ChatRenderer(tokenizer)
     texts, all_spans = [], []
     for i, messages in enumerate(conversations):
-        msgs = check_messages(messages, what=f"conversation {i} messages")
+        msgs = check_messages(getattr(messages, "messages", messages), what=f"conversation {i} messages")
         if not any(m["role"] == "assistant" for m in msgs):
             raise TemplateError(f"conversation {i}: has no assistant message, nothing to train on")
         full = renderer(msgs)
@@ -120,7 +121,7 @@ def tokenize_chats(tokenizer, conversations: Sequence[Sequence[dict]], *, max_to
             ids, labels = ids[:max_tokens], labels[:max_tokens]
             _count(counts, "truncated")
         _count(counts, "kept")
-        out.append(TokenizedChat(input_ids=list(ids), labels=labels))
+        out.append(TokenizedChat(input_ids=ids, labels=labels))
     return out
 
 
