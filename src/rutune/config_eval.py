@@ -56,7 +56,7 @@ class BabilongConfig(_Strict):
     revision: str | None = None
     tasks: list[Literal["qa1", "qa2"]] = Field(default_factory=lambda: ["qa1", "qa2"])
     lengths: list[str] = Field(default_factory=lambda: ["1k", "2k", "4k"])
-    samples_per_length: PositiveInt = 10
+    samples_per_length: PositiveInt | None = 10  # generated items per length; cap per length for data (null = all)
     max_new_tokens: PositiveInt = 16
     task_file: str | None = None  # null = rutune's own instructions; LIBRA's datasets_config.json is accepted
     overlength: Literal["skip", "middle_truncate"] = "skip"
