@@ -152,9 +152,12 @@ class _Caller:
             stats["calls"] += 1
             try:
                 async with self.limit:
-                    response = await self.client.chat.completions.create(
-                        model=p.model, messages=messages, temperature=p.temperature, max_tokens=p.max_tokens)
-                return response.choices[0].message.content or ""
+                    # the client's generic `post` skips the typed-params transform (~0.7 ms of CPU per call),
+                    # which caps throughput at high concurrency; the request and error handling are the client's
+                    data = await self.client.post("/chat/completions", cast_to=dict, body={
+                        "model": p.model, "messages": messages, "temperature": p.temperature,
+                        "max_tokens": p.max_tokens})
+                return data["choices"][0]["message"]["content"] or ""
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 reason, retryable = classify(exc)
                 stats["retries"][reason] = stats["retries"].get(reason, 0) + 1

@@ -1,0 +1,76 @@
+"""Judge throughput: 1000 judgments against a local OpenAI-compatible server with fixed latency.
+
+The server (tests/judge_server.py) runs in its own process and answers every request after `--latency-ms`
+(100 ms). With `--concurrency` 32 the best possible rate is 32 / 0.1 s = 320 judgments/s; the bench prints the
+measured rate as a fraction of that bound. Goal: ≥ 0.8.
+
+    .venv/bin/python bench/judge.py [--n 1000] [--concurrency 32] [--latency-ms 100]
+
+The last line is `ratio: X`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_server(latency_s: float, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port_file = workdir / "url"
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "judge_server.py"), str(port_file), str(latency_s)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().startswith("http"):
+            return proc, port_file.read_text().strip()
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("judge server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="judgments (games)")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--latency-ms", type=float, default=100.0)
+    args = ap.parse_args()
+
+    from rutune.eval.judge import JudgeProfile, load_prompt
+    from rutune.eval.judge_client import Game, count_statuses, judge_games
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        proc, url = start_server(args.latency_ms / 1000, workdir)
+        try:
+            games = [Game(str(i // 2), 1 + i % 2, f"Вопрос номер {i // 2}: как дела?", f"Ответ A {i}",
+                          f"Ответ B {i}") for i in range(args.n)]
+            profile = JudgeProfile(base_url=url, model="bench-judge", concurrency=args.concurrency, timeout_s=30)
+            prompt = load_prompt()
+            t0 = time.perf_counter()
+            records = judge_games(games, profile, prompt, workdir / "judgments.jsonl")
+            elapsed = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            judge_games(games, profile, prompt, workdir / "judgments.jsonl")  # all cached: zero calls
+            cached_s = time.perf_counter() - t1
+        finally:
+            proc.kill()
+            proc.wait()
+    bound = args.concurrency / (args.latency_ms / 1000)
+    rate = len(records) / elapsed
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"judgments: {len(records)}  statuses: {count_statuses(records)}")
+    print(f"elapsed: {elapsed:.2f} s  throughput: {rate:.1f}/s  bound: {bound:.0f}/s "
+          f"(concurrency {args.concurrency}, latency {args.latency_ms:.0f} ms)")
+    print(f"rerun from cache: {cached_s:.2f} s")
+    print(f"peak RSS (client process): {peak_rss_mib:.0f} MiB")
+    print(f"ratio: {rate / bound:.3f}")
+
+
+if __name__ == "__main__":
+    main()
