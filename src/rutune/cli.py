@@ -137,6 +137,114 @@ def train(
 
 
 # ---------------------------------------------------------------- eval: mmlu, babilong
+def _eval_config(cls, **fields):
+    """Build an eval config block; a bad value is one line naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        fail(f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}")
+
+
+def _progress_run(label: str, fn):
+    """Run `fn(progress_callback)` under a rich progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        return guarded(lambda: fn(lambda done, total: bar.update(task, completed=done, total=total)))
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@eval_app.command("mmlu")
+def eval_mmlu(
+    model: str = typer.Option(..., "--model", help="`tiny`, a model folder, a hub id, or a served model name."),
+    backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
+    shots: int = typer.Option(0, "--shots", help="Few-shot examples from the same domain (0–5)."),
+    fmt: str = typer.Option("mera", "--format", help="mera (MERA rummlu rows) or mmlu_ru (NLPCoreTeam/mmlu_ru)."),
+    data: Optional[str] = typer.Option(None, "--data", help="A .jsonl/.parquet file, a folder, or a hub id "
+                                       "(default: the bundled mini sample)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (commit) to pin."),
+    split: str = typer.Option("test", "--split"),
+    domains: Optional[str] = typer.Option(None, "--domains", help="Comma-separated MMLU subjects."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N questions only."),
+    chat_template: bool = typer.Option(False, "--chat-template/--no-chat-template",
+                                       help="Wrap each prompt as one chat user turn (MERA scores raw prompts)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: server URL ending in /v1."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/eval/mmlu/LABEL)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Model label in results (default: folder name)."),
+    seed: int = typer.Option(0, "--seed", help="Shot sampling and bootstrap seed."),
+):
+    """ruMMLU: letter log-likelihood, accuracy with a 95% CI, per domain, mmlu_ru macro; resumable."""
+    from rutune.config_eval import BackendConfig, MmluConfig
+    from rutune.eval.mmlu import run_mmlu
+
+    cfg = _eval_config(MmluConfig, path=data, revision=revision, format=fmt, split=split, shots=shots,
+                       domains=_split_list(domains), limit=limit, chat_template=chat_template)
+    backend_cfg = _eval_config(BackendConfig, kind=backend, batch_size=batch_size, base_url=base_url)
+    name = label or Path(model).name or "model"
+    out_dir = out or Path("runs") / "eval" / "mmlu" / name
+    res = _progress_run("ruMMLU", lambda cb: run_mmlu(cfg, backend_cfg, model, out_dir, seed=seed,
+                                                      model_label=name, progress=cb))
+    acc, macro = res["metrics"]["accuracy"], res["metrics"]["macro"]
+    typer.echo(f"ruMMLU {name}: accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] "
+               f"(n={acc['n_valid']}/{acc['n_total']}), macro {macro['value']:.3f}")
+    typer.echo(f"wrote {out_dir / 'results.json'}")
+
+
+@eval_app.command("babilong")
+def eval_babilong(
+    model: str = typer.Option(..., "--model", help="`tiny`, a model folder, a hub id, or a served model name."),
+    backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
+    tasks: str = typer.Option("qa1,qa2", "--tasks", help="Comma-separated: qa1, qa2."),
+    lengths: str = typer.Option("1k,2k,4k", "--lengths", help="Comma-separated context lengths (tokens), e.g. 4k,8k."),
+    source: str = typer.Option("generate", "--source", help="`generate`, a LIBRA file/folder, or a hub id "
+                               "(ai-forever/LIBRA)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (commit) to pin."),
+    samples: Optional[int] = typer.Option(10, "--samples", min=1, help="Items per length (generated; a cap for data)."),
+    task_file: Optional[Path] = typer.Option(None, "--task-file", help="Instructions JSON (LIBRA's "
+                                             "datasets_config.json is accepted); default: rutune's own."),
+    truncate: bool = typer.Option(False, "--middle-truncate/--skip-long",
+                                  help="Middle-truncate contexts that do not fit the window (default: skip, count)."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Model window (default: its config)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: server URL ending in /v1."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Alias of --samples."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/eval/babilong/LABEL)."),
+    label: Optional[str] = typer.Option(None, "--label"),
+    seed: int = typer.Option(0, "--seed", help="Generator and bootstrap seed."),
+):
+    """LIBRA ruBABILong QA1/QA2: containment (LIBRA and normalised), per length, totals with missing = 0."""
+    from rutune.config_eval import BabilongConfig, BackendConfig
+    from rutune.eval.babilong import run_babilong
+
+    cfg = _eval_config(BabilongConfig, source=source, revision=revision, tasks=_split_list(tasks),
+                       lengths=_split_list(lengths), samples_per_length=limit or samples,
+                       task_file=str(task_file) if task_file else None, max_new_tokens=max_new_tokens,
+                       overlength="middle_truncate" if truncate else "skip")
+    backend_cfg = _eval_config(BackendConfig, kind=backend, batch_size=batch_size, base_url=base_url,
+                               apply_chat_template=chat_template, max_length=max_length)
+    name = label or Path(model).name or "model"
+    out_dir = out or Path("runs") / "eval" / "babilong" / name
+    res = _progress_run("ruBABILong", lambda cb: run_babilong(cfg, backend_cfg, model, out_dir, seed=seed,
+                                                              model_label=name, progress=cb))
+    m = res["metrics"]
+    parts = [f"{t} {m[t]['value']:.3f} (norm {m[t + '_norm']['value']:.3f})" for t in cfg.tasks]
+    typer.echo(f"ruBABILong {name}: " + ", ".join(parts) + f", total {m['total']['value']:.3f}")
+    missing = {t: v for t, v in res["extra"]["missing_lengths"].items() if v}
+    if missing or res["extra"]["skipped"]:
+        typer.echo(f"skipped {res['extra']['skipped']} item(s) longer than the window; lengths counted as 0: {missing}")
+    typer.echo(f"wrote {out_dir / 'results.json'}")
+
 
 # ---------------------------------------------------------------- eval: arena
 @eval_app.command("arena")
