@@ -247,3 +247,55 @@ def test_cli_eval_arena(tmp_path, no_env_judge):
     r = runner.invoke(app, ["eval", "arena", "--answers", str(answers_file("gpt-4o-mini")), "--judge", str(prof),
                             "--out", str(out)])
     assert r.exit_code == 2 and "modle: unknown key" in r.output
+
+
+class CountingBackend:
+    """A stand-in for a backend's `generate`: echoes a fixed Russian answer and counts requests."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, requests):
+        from rutune.eval.backends import GenerationResult
+
+        self.prompts += [r.messages[-1]["content"] for r in requests]
+        assert all(r.temperature == 0.0 and r.max_new_tokens == 64 for r in requests)
+        return [GenerationResult(text=f"Ответ на: {r.messages[-1]['content'][:10]}", n_tokens=7) for r in requests]
+
+
+def test_answer_generation_resumes_after_a_torn_write(tmp_path, monkeypatch):
+    from rutune.eval.arena import generate_answers
+
+    questions = arena_data.load_questions(arena_data.SAMPLES / "arena_questions.jsonl", limit=6)
+    out = tmp_path / "answers.jsonl"
+    first = CountingBackend()
+    generate_answers(questions[:4], first.generate, out, "m", "fp1", 64, batch_size=2)
+    out.write_text(out.read_text() + '{"question_id": 5, "choi')  # killed mid-write
+    second = CountingBackend()
+    answers = generate_answers(questions, second.generate, out, "m", "fp1", 64, batch_size=2)
+    assert second.prompts == [q.text for q in questions[4:]]  # only the unfinished questions
+    assert list(answers) == [q.question_id for q in questions]
+    assert len(out.read_text().splitlines()) == 6
+    third = CountingBackend()  # another model or settings (fingerprint) → answers are regenerated
+    generate_answers(questions[:2], third.generate, out, "m", "fp2", 64, batch_size=2)
+    assert len(third.prompts) == 2
+
+
+def test_lengths_in_cl100k_when_the_encoding_is_available(tmp_path, monkeypatch):
+    from rutune.eval.arena import generate_answers, length_unit
+
+    class FakeEncoding:
+        def encode(self, text, disallowed_special=()):
+            return list(range(len(text.split())))
+
+    monkeypatch.setattr(arena_data, "_cl100k", lambda: FakeEncoding())
+    questions = arena_data.load_questions(arena_data.SAMPLES / "arena_questions.jsonl", limit=3)
+    answers = generate_answers(questions, CountingBackend().generate, tmp_path / "a.jsonl", "m", "fp", 64)
+    a = answers[questions[0].question_id]
+    assert (a.token_len, a.token_len_unit, a.model_token_len) == (len(a.content.split()), "cl100k", 7)
+    base = arena_data.load_answers(arena_data.SAMPLES / "arena_baseline.jsonl")
+    assert length_unit(answers, {q: base[q] for q in answers}) == "cl100k"
+    monkeypatch.setattr(arena_data, "_cl100k", lambda: None)
+    other = generate_answers(questions, CountingBackend().generate, tmp_path / "b.jsonl", "m", "fp", 64)
+    assert other[questions[0].question_id].token_len_unit == "model"
+    assert length_unit(other, {q: base[q] for q in other}) == "chars"  # never mix units across the pair
