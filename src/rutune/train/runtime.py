@@ -189,7 +189,7 @@ def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
         logging_steps=stage.logging_steps,
         save_strategy="steps",
         save_steps=stage.save_steps,
-        save_total_limit=stage.save_total_limit,
+        save_total_limit=None,  # rotation is CompletionMarker's job: only after the newer checkpoint is complete
         report_to=report_to,
         seed=seed,
         data_seed=seed,
@@ -307,17 +307,29 @@ class MetricsLogger(_callback_base()):
 
 
 class CompletionMarker(_callback_base()):
-    """After the Trainer has fully written `checkpoint-N/`, mark it complete (see the module docstring)."""
+    """After the Trainer has fully written `checkpoint-N/`, mark it complete, then keep only the newest `keep`
+    complete checkpoints (see the module docstring): an older one is deleted only once a newer one is complete."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = max(1, keep)
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                write_text_atomic(folder / COMPLETE, f"{state.global_step}\n")
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            return
+        write_text_atomic(folder / COMPLETE, f"{state.global_step}\n")
+        done = sorted((int(p.name.removeprefix("checkpoint-")), p) for p in Path(args.output_dir).glob("checkpoint-*")
+                      if p.name.removeprefix("checkpoint-").isdigit() and (p / COMPLETE).exists())
+        for _, old in done[: -self.keep]:
+            (old / COMPLETE).unlink()  # unmark first: a kill mid-delete leaves an ignored folder, not a broken one
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def stage_callbacks(paths: StagePaths, *, show_progress: bool = True, label: str = "train") -> list:
-    return [MetricsLogger(paths.metrics, show_progress=show_progress, label=label), CompletionMarker()]
+def stage_callbacks(paths: StagePaths, *, show_progress: bool = True, label: str = "train", keep: int = 2) -> list:
+    """Metrics JSONL + progress bar, and checkpoint completion/rotation (`keep` = the stage's save_total_limit)."""
+    return [MetricsLogger(paths.metrics, show_progress=show_progress, label=label), CompletionMarker(keep)]
 
 
 # ---------------------------------------------------------------- resume

@@ -177,7 +177,8 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
         model = runtime.apply_lora(model, stage.lora, seed=cfg.seed)
     trainer = build_trainer(model, tokenizer, dataset, args, packing=stage.packing,
                             callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
-                                                              label=f"sft {stage.name}"))
+                                                              label=f"sft {stage.name}",
+                                                              keep=stage.save_total_limit))
     result = runtime.train_resumable(trainer, paths)
     metrics = runtime.read_metrics(paths.metrics)
     meta = runtime.stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
