@@ -12,6 +12,7 @@ The last line is `ratio: X`.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -34,6 +35,15 @@ def start_server(latency_s: float, workdir: Path) -> tuple[subprocess.Popen, str
     raise SystemExit("judge server did not start")
 
 
+def _cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a process (Linux /proc; 0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="judgments (games)")
@@ -52,9 +62,11 @@ def main() -> None:
                           f"Ответ B {i}") for i in range(args.n)]
             profile = JudgeProfile(base_url=url, model="bench-judge", concurrency=args.concurrency, timeout_s=30)
             prompt = load_prompt()
-            t0 = time.perf_counter()
+            server_cpu0 = _cpu_s(proc.pid)
+            t0, cpu0 = time.perf_counter(), time.process_time()
             records = judge_games(games, profile, prompt, workdir / "judgments.jsonl")
-            elapsed = time.perf_counter() - t0
+            elapsed, client_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            server_cpu = _cpu_s(proc.pid) - server_cpu0
             t1 = time.perf_counter()
             judge_games(games, profile, prompt, workdir / "judgments.jsonl")  # all cached: zero calls
             cached_s = time.perf_counter() - t1
@@ -67,6 +79,9 @@ def main() -> None:
     print(f"judgments: {len(records)}  statuses: {count_statuses(records)}")
     print(f"elapsed: {elapsed:.2f} s  throughput: {rate:.1f}/s  bound: {bound:.0f}/s "
           f"(concurrency {args.concurrency}, latency {args.latency_ms:.0f} ms)")
+    print(f"client CPU per judgment: {client_cpu / len(records) * 1000:.2f} ms (one free core sustains "
+          f"{len(records) / client_cpu:.0f}/s); server CPU: {server_cpu:.2f} s; load average: "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"rerun from cache: {cached_s:.2f} s")
     print(f"peak RSS (client process): {peak_rss_mib:.0f} MiB")
     print(f"ratio: {rate / bound:.3f}")
