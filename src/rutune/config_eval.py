@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 Number = Annotated[float, Field(strict=True)]
@@ -60,8 +60,20 @@ class BabilongConfig(_Strict):
     max_new_tokens: PositiveInt = 16
     task_file: str | None = None  # null = rutune's own instructions; LIBRA's datasets_config.json is accepted
     overlength: Literal["skip", "middle_truncate"] = "skip"
-    normalise: bool = True
+    lemmatise: bool = True  # score_norm uses pymorphy3 lemmas when it is installed (extra `lemma`)
     bootstrap_rounds: PositiveInt = 1000
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, value: list[str]) -> list[str]:
+        import re
+
+        for length in value:
+            if not re.fullmatch(r"[1-9][0-9]*k?", length):
+                raise ValueError(f"length {length!r}: expected e.g. 4k or 512")
+        if len(set(value)) != len(value):
+            raise ValueError("lengths repeat")
+        return value
 
 
 class ArenaConfig(_Strict):

@@ -269,14 +269,15 @@ def babilong_metrics(rows: list[dict], tasks: list[str], lengths: list[str], *, 
 
 
 # ---------------------------------------------------------------------------------------------- run
-def _score_row(rid: str, task: str, row: dict, output: str | None, info: dict) -> dict:
+def _score_row(rid: str, task: str, row: dict, output: str | None, info: dict, lemmatise: bool) -> dict:
     out = {"id": rid, "task": task, "length": row["length"], "output": output,
            "positive_outputs": row["positive_outputs"], "negative_outputs": row["negative_outputs"], **info}
     if output is None:
         out.update(score=None, score_norm=None)
     else:
         out["score"] = libra_score(output, row["positive_outputs"], row["negative_outputs"])
-        out["score_norm"] = normalised_score(output, row["positive_outputs"], row["negative_outputs"])
+        out["score_norm"] = normalised_score(output, row["positive_outputs"], row["negative_outputs"],
+                                             lemmatise=lemmatise)
     return out
 
 
@@ -322,7 +323,8 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
     fingerprint = {"suite": "babilong", "model_path": str(model_path), "source": cfg.source,
                    "revision": cfg.revision, "templates": {t: templates[t] for t in cfg.tasks}, "seed": seed,
                    "max_new_tokens": cfg.max_new_tokens, "overlength": cfg.overlength,
-                   "window": getattr(backend, "max_length", None)}
+                   "window": getattr(backend, "max_length", None),
+                   "lemmatiser": lemmatiser_name() if cfg.lemmatise else "none"}
     log = ItemsLog(out_dir, fingerprint)
     todo = [it for it in items if it[0] not in log.done]
     chunk = max(1, getattr(backend, "batch_size", 8)) * 2
@@ -332,7 +334,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
                   for _, task, row in part]
         requests = [GenerationRequest(prompt=p, max_new_tokens=cfg.max_new_tokens) for p, _ in fitted if p]
         outputs = iter(backend.generate(requests) if requests else [])
-        log.append(_score_row(rid, task, row, next(outputs).text if prompt else None, info)
+        log.append(_score_row(rid, task, row, next(outputs).text if prompt else None, info, cfg.lemmatise)
                    for (rid, task, row), (prompt, info) in zip(part, fitted))
         if progress:
             progress(min(start + chunk, len(todo)), len(todo))
@@ -341,7 +343,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
                                       seed=seed)
     extra.update({"source": cfg.source, "revision": cfg.revision, "templates": template_source,
                   "lengths": list(cfg.lengths), "overlength": cfg.overlength, "max_new_tokens": cfg.max_new_tokens,
-                  "lemmatiser": lemmatiser_name(), "window": getattr(backend, "max_length", None),
+                  "lemmatiser": lemmatiser_name() if cfg.lemmatise else "none", "window": getattr(backend, "max_length", None),
                   "unit": "fraction"})
     results = {"suite": "babilong", "model": model_label or Path(str(model_path)).name,
                "model_path": str(model_path), "metrics": metrics, "extra": extra}
