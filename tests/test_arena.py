@@ -104,7 +104,8 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
     assert saved["suite"] == "arena" and saved["model"] == "tiny"
     assert saved["extra"]["judge"]["model"] == "scripted" and saved["extra"]["prompt_hash"] == load_prompt().hash
     assert saved["extra"]["counts"] == {"questions": 20, "answers": 20, "games": 40, "ok": 40, "invalid": 0,
-                                        "error": 0, "injection_flagged": 0, "judge_calls": 40}
+                                        "error": 0, "injection_flagged": 0, "judge_calls": 40,
+                                        "position": {"pairs": 20, "consistent": 20}}
 
 
 @needs_bench

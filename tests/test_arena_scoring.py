@@ -218,3 +218,11 @@ def test_leaderboard_bootstrap_file_matches_published_scores():
         assert float(sc.win_rate_from_elo(np.median(elo))) * 100 == pytest.approx(score, abs=0.15)
         lo, hi = sc.percentile_ci(sc.win_rate_from_elo(elo))
         assert lo * 100 <= score + 1e-9 and hi * 100 >= score - 1e-9
+
+
+def test_position_consistency_counts_agreeing_seatings():
+    games = [game("a", 1, "B>A"), game("a", 2, "A>>B"),   # model wins in both seats
+             game("b", 1, "A>B"), game("b", 2, "A>B"),    # position bias: seat A always wins
+             game("c", 1, "A=B"), game("c", 2, "A=B"),
+             game("d", 1, "B>A"), game("d", 2, None, valid=False)]
+    assert sc.position_consistency(games) == {"pairs": 3, "consistent": 2}

@@ -21,7 +21,7 @@ from typing import Callable
 from rutune.config_eval import ArenaConfig, BackendConfig
 from rutune.eval import arena_data
 from rutune.eval.arena_data import Answer, Question
-from rutune.eval.arena_scoring import average_length, score_model
+from rutune.eval.arena_scoring import average_length, position_consistency, score_model
 from rutune.eval.errors import EvalError
 from rutune.eval.items import read_items
 from rutune.eval.judge import NO_JUDGE_FIX, JudgeProfile, profile_prompt, resolve_judge
@@ -209,6 +209,7 @@ def run_arena(cfg: ArenaConfig, backend_cfg: BackendConfig | None, model_path: s
         counts.update(count_statuses(records))
         counts["injection_flagged"] = sum(1 for r in records if r.get("injection_flagged"))
         counts["judge_calls"] = sum(int(r.get("calls") or 0) for r in records)
+        counts["position"] = position_consistency(records)
     results = {
         "suite": "arena",
         "model": model_label,

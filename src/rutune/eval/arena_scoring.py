@@ -295,6 +295,21 @@ def score_models(games_by_model: Mapping[str, Sequence[Mapping]], rounds: int = 
     return out
 
 
+def position_consistency(games: Iterable[Mapping]) -> dict[str, int]:
+    """How often the two seatings of one question agree on the model's result (win / tie / loss).
+
+    A judge with a strong position bias gives opposite results for the two orders; `pairs` counts questions with
+    both games valid.
+    """
+    by_question: dict[str, dict[int, float]] = {}
+    for g in games:
+        result = model_score(g.get("verdict"), int(g["game"])) if g.get("valid") else None
+        if result is not None:
+            by_question.setdefault(str(g["question_id"]), {})[int(g["game"])] = result[0]
+    pairs = [r for r in by_question.values() if len(r) == 2]
+    return {"pairs": len(pairs), "consistent": sum(1 for r in pairs if r[1] == r[2])}
+
+
 def average_length(lengths: Mapping[str, float]) -> float | None:
     values = [float(v) for v in lengths.values() if v is not None]
     return float(np.mean(values)) if values else None

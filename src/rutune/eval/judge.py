@@ -10,6 +10,7 @@ Without a profile the judge can come from the environment: `RUTUNE_JUDGE_BASE_UR
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -87,7 +88,7 @@ class JudgePrompt:
     followup: str = FOLLOWUP
     source: str = "default"
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return stable_hash({"system": self.system, "template": self.template, "regex": self.regex,
                             "followup": self.followup})
