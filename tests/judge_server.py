@@ -74,6 +74,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = owner.draw_fault()
         owner.record(Call(self.path, body, fault))
+        owner.enter()
+        try:
+            self._answer(owner, body, fault)
+        finally:
+            owner.leave()
+
+    def _answer(self, owner: "JudgeServer", body: dict, fault: str | None) -> None:
         if owner.latency_s:
             time.sleep(owner.latency_s)
         if fault == "5xx":
@@ -116,6 +123,7 @@ class JudgeServer:
         self.hang_s = hang_s
         self.retry_after_s = retry_after_s
         self.calls: list[Call] = []
+        self.in_flight = self.max_in_flight = 0  # requests being answered now / at most at once
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._httpd: _Server | None = None
@@ -134,6 +142,15 @@ class JudgeServer:
     def rng_choice(self, options: list):
         with self._lock:
             return self._rng.choice(options)
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def record(self, call: Call) -> None:
         with self._lock:

@@ -74,6 +74,12 @@ def test_clean_server_gives_scripted_verdicts(tmp_path):
     assert bt_win_rate(battles_from_games(records[:10])) == pytest.approx((6 + 2 + 1) / (6 + 2 + 2 + 2 + 6))
 
 
+def test_concurrency_limit_is_respected(tmp_path):
+    with JudgeServer(scripted, latency_s=0.05) as server:
+        judge_games(make_test_games(12), profile(server, concurrency=3), load_prompt(), tmp_path / "j.jsonl")
+        assert server.max_in_flight == 3 and len(server.calls) == 24
+
+
 def test_fault_mix_loses_nothing(tmp_path):
     faults = {"5xx": 0.20, "hang": 0.10, "429": 0.10, "garbage": 0.05}
     games = make_test_games(60)
