@@ -142,7 +142,7 @@ def test_broken_rag_documents_and_bad_pairs_are_counted(tmp_path):
       sft:
         sources: [{src("grounded_rag_ru_v2", write_jsonl(tmp_path / "r.jsonl", rag))}]
       preference:
-        sources: [{src("saiga_preferences", write_jsonl(tmp_path / "p.jsonl", prefs))}]
+        sources: [{src("saiga_preferences", write_jsonl(tmp_path / "p.jsonl", prefs), "percent: 100, length_ratio: null")}]
     """), encoding="utf-8")
     code, out = run_cli("prepare", p)
     assert code == 0, out

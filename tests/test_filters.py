@@ -23,7 +23,7 @@ def test_exact_duplicates_after_normalisation():
 
 
 def test_near_duplicates_one_word_changed():
-    d = Deduplicator(exact=True, near=True, threshold=0.7, ngram_words=3)
+    d = Deduplicator(exact=True, near=True, threshold=0.7)
     base = ("Объясни, пожалуйста, подробно и с примерами, как работает фотосинтез у растений "
             "и почему листья зелёные, а осенью желтеют и опадают в средней полосе России")
     assert d.check(base) is None
@@ -36,3 +36,26 @@ def test_near_dedup_off_keeps_reworded():
     base = "Объясни подробно как работает фотосинтез у растений и почему листья зелёные"
     assert d.check(base) is None
     assert d.check(base.replace("подробно", "детально")) is None
+
+
+def test_near_dedup_of_bundled_samples_is_seed_independent():
+    """The bundled rows planted as near duplicates are found whatever the seed; different questions are kept."""
+    import json
+    from rutune.data.sources import SAMPLES
+
+    def first_user(row):
+        for k in ("conversation", "messages"):
+            if k in row:
+                return next(m["content"] for m in row[k] if m["role"] == "user")
+
+    expected = {"grandmaster_pro_max": {30: "duplicate_exact", 47: "duplicate_exact", 58: "duplicate_near",
+                                        70: "duplicate_near"},
+                "saiga_scored": {50: "duplicate_exact", 58: "duplicate_exact", 66: "duplicate_near",
+                                 74: "duplicate_near"},
+                "grounded_rag_ru_v2": {71: "duplicate_exact", 44: "duplicate_near"}}
+    for name, want in expected.items():
+        rows = [json.loads(l) for l in (SAMPLES / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+        for seed in range(5):
+            d = Deduplicator(seed=seed)
+            got = {i: r for i, row in enumerate(rows) if (r := d.check(first_user(row)))}
+            assert got == want, (name, seed, got)

@@ -92,7 +92,7 @@ def test_rag_folding_rules():
     folded = fold_rag_conversation(raw, documents_to="user", keep_relevant_ids_turn=False)
     assert [m.role for m in folded] == ["system", "user", "assistant"]
     assert folded[0].content == "Answer using only the documents."
-    assert folded[1].content.startswith("[Документ 0 — Волга]") and folded[1].content.endswith("где течёт Волга?")
+    assert folded[1].content.startswith("[Документ 0 — Волга]") and folded[1].content.endswith("\n\nКуда впадает Ока?")
     assert folded[2].content == "Ока впадает в Волгу, а Волга течёт в России."
 
 

@@ -102,8 +102,8 @@ PreferenceSource = Annotated[Union[SaigaPreferencesSource], Field(discriminator=
 class DedupConfig(Strict):
     exact: bool = True
     near: bool = True
-    near_threshold: Number = Field(default=0.8, gt=0, le=1)
-    ngram_words: Annotated[int, Field(strict=True, ge=1)] = 5
+    near_threshold: Number = Field(default=0.7, gt=0, le=1)
+    shingle_chars: Annotated[int, Field(strict=True, ge=2)] = 4
 
 
 class SftData(Strict):

@@ -1,9 +1,9 @@
 """Source-independent filters: Russian share, exact and near dedup of first user turns.
 
 Each filter answers "drop reason or None" so the prepare stage can count every drop by reason.
-Near dedup uses MinHash over word n-gram shingles with LSH banding: candidate pairs share a band,
-and a candidate is a duplicate when its estimated Jaccard similarity reaches the threshold. Memory is
-a few integers per kept row, so 10⁶ rows fit.
+Near dedup uses MinHash over character 4-gram shingles with LSH banding: candidate pairs share a band,
+and a candidate is a duplicate when its exact shingle Jaccard similarity reaches the threshold. Memory is
+a few hundred bytes per kept row (its normalised first turn, truncated, and its band keys).
 """
 
 from __future__ import annotations
@@ -33,59 +33,65 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
-def shingles(text: str, ngram_words: int) -> set[int]:
-    words = normalise(text).split()
-    if not words:
-        return set()
-    n = min(ngram_words, len(words))
-    return {zlib.crc32(" ".join(words[i:i + n]).encode()) for i in range(len(words) - n + 1)}
+def shingles(text: str, chars: int = 4) -> set[int]:
+    """Hashed character n-grams of the normalised text (robust for short prompts, unlike word n-grams)."""
+    norm = normalise(text)
+    if len(norm) <= chars:
+        return {zlib.crc32(norm.encode())} if norm else set()
+    return {zlib.crc32(norm[i:i + chars].encode()) for i in range(len(norm) - chars + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
 
 
 class Deduplicator:
-    """Remembers what it has kept; `check(text)` → "duplicate_exact" | "duplicate_near" | None (and keeps it)."""
+    """Remembers what it has kept; `check(text)` → "duplicate_exact" | "duplicate_near" | None (and keeps it).
+
+    Near duplicates: MinHash LSH (16 bands × 4 rows) finds candidates; each candidate is then confirmed by the
+    exact Jaccard similarity of character shingles, so the threshold is not blurred by MinHash's estimate
+    noise. Kept texts are stored truncated to `MAX_CHARS` for that check.
+    """
 
     _PRIME = (1 << 61) - 1
+    MAX_CHARS = 400
 
-    def __init__(self, *, exact: bool = True, near: bool = True, threshold: float = 0.8, ngram_words: int = 5,
-                 num_perm: int = 64, seed: int = 0):
-        self.exact, self.near, self.threshold, self.ngram_words = exact, near, threshold, ngram_words
+    def __init__(self, *, exact: bool = True, near: bool = True, threshold: float = 0.7, shingle_chars: int = 4,
+                 seed: int = 0):
+        self.exact, self.near, self.threshold, self.shingle_chars = exact, near, threshold, shingle_chars
         rng = np.random.default_rng(seed)
+        self._rows, self._bands = 4, 16
+        num_perm = self._rows * self._bands
         self._a = rng.integers(1, self._PRIME, size=num_perm, dtype=np.uint64)
         self._b = rng.integers(0, self._PRIME, size=num_perm, dtype=np.uint64)
-        # Bands of `rows` rows: a pair at the threshold collides in some band with high probability.
-        self._rows = 4
-        self._bands = num_perm // self._rows
         self._seen_exact: set[int] = set()
-        self._buckets: list[dict[bytes, int]] = [dict() for _ in range(self._bands)]
-        self._signatures: list[np.ndarray] = []
+        self._buckets: list[dict[int, list[int]]] = [dict() for _ in range(self._bands)]
+        self._texts: list[str] = []
 
-    def _signature(self, text: str) -> np.ndarray | None:
-        sh = shingles(text, self.ngram_words)
-        if not sh:
-            return None
+    def _bands_of(self, sh: set[int]) -> list[int]:
         h = np.fromiter(sh, dtype=np.uint64)
-        # (a*h + b) mod p with uint64 wrap-around is fine as a hash family for this purpose.
-        return (np.outer(h, self._a) + self._b).min(axis=0)
+        # (a*h + b) with uint64 wrap-around: a cheap universal-style hash family, enough for LSH bucketing.
+        sig = (np.outer(h, self._a) + self._b).min(axis=0)
+        return [hash(sig[i * self._rows:(i + 1) * self._rows].tobytes()) for i in range(self._bands)]
 
     def check(self, text: str) -> str | None:
-        key = zlib.crc32(normalise(text).encode())
+        norm = normalise(text)[: self.MAX_CHARS]
+        key = zlib.crc32(norm.encode())
         if self.exact and key in self._seen_exact:
             return "duplicate_exact"
-        sig = self._signature(text) if self.near else None
-        if sig is not None:
-            candidates = set()
-            for band in range(self._bands):
-                chunk = sig[band * self._rows:(band + 1) * self._rows].tobytes()
-                if chunk in self._buckets[band]:
-                    candidates.add(self._buckets[band][chunk])
-            for idx in candidates:
-                if float(np.mean(self._signatures[idx] == sig)) >= self.threshold:
-                    return "duplicate_near"
-            idx = len(self._signatures)
-            self._signatures.append(sig)
-            for band in range(self._bands):
-                self._buckets[band].setdefault(sig[band * self._rows:(band + 1) * self._rows].tobytes(), idx)
         self._seen_exact.add(key)
+        if not self.near or not norm:
+            return None
+        sh = shingles(norm, self.shingle_chars)
+        bands = self._bands_of(sh)
+        candidates = {idx for band, b in enumerate(bands) for idx in self._buckets[band].get(b, ())}
+        for idx in sorted(candidates):
+            if jaccard(sh, shingles(self._texts[idx], self.shingle_chars)) >= self.threshold:
+                return "duplicate_near"
+        idx = len(self._texts)
+        self._texts.append(norm)
+        for band, b in enumerate(bands):
+            self._buckets[band].setdefault(b, []).append(idx)
         return None
 
 

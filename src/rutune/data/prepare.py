@@ -140,7 +140,7 @@ def _write_selection(parts: list[Path], selections: list[list[int]], order: list
 
 def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path) -> dict:
     dedup = Deduplicator(exact=block.dedup.exact, near=block.dedup.near, threshold=block.dedup.near_threshold,
-                         ngram_words=block.dedup.ngram_words, seed=cfg.seed)
+                         shingle_chars=block.dedup.shingle_chars, seed=cfg.seed)
     parts, reports, plans, train_sel, holdout_sel = [], [], [], [], []
     holdout_percent = getattr(block, "holdout_percent", 0)
     for i, src in enumerate(block.sources):
@@ -199,20 +199,24 @@ def print_summary(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(100, Console().width))
     if manifest.get("skipped"):
         console.print("prepare: inputs unchanged, stage skipped (use --force to redo)")
     for kind in ("sft", "preference"):
         block = manifest.get(kind)
         if not block:
             continue
-        table = Table(title=f"{kind}: {block['rows']} rows → {block['file']}")
-        for col in ("source", "read", "kept", "held out", "requested", "realised", "dropped"):
-            table.add_column(col)
+        table = Table(title=f"{kind}: {block['rows']} rows → {block['file']}", title_justify="left")
+        for col in ("source", "read", "kept", "held out", "requested", "realised"):
+            table.add_column(col, no_wrap=True)
         for r in block["sources"]:
-            dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items()) or "—"
             table.add_row(r["source"], str(r["rows_read"]), str(r["after_filters"]), str(r["held_out"]),
-                          r["requested"], str(r["realised"]), dropped)
+                          r["requested"], str(r["realised"]))
         console.print(table)
+        for r in block["sources"]:
+            if r["dropped"]:
+                console.print(f"  {r['source']} dropped: " + ", ".join(f"{k} {v}" for k, v in r["dropped"].items()),
+                              highlight=False)
     if "contamination" in manifest:
-        console.print(f"contamination: {manifest['contamination']}")
+        for name, line in manifest["contamination"].items():
+            console.print(f"contamination vs {name}: {line}", highlight=False)
