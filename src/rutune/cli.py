@@ -128,12 +128,15 @@ def train(
     force: bool = typer.Option(False, help="Retrain even if the stage's manifest matches."),
 ):
     """Run the training stages (sft, simpo) in order; a killed run resumes with the same command."""
+    import os
+
     cfg = _load(config, overrides)
     from rutune.train.stages import run_training
 
     checkpoints = guarded(lambda: run_training(cfg, force=force, only=list(stage or []) or None))
-    for path in checkpoints:
-        typer.echo(f"checkpoint: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, one line per run, not per process
+        for path in checkpoints:
+            typer.echo(f"checkpoint: {path}")
 
 
 # ---------------------------------------------------------------- eval: mmlu, babilong

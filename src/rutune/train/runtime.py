@@ -197,6 +197,8 @@ def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPUs start a gloo process group
+        ddp_find_unused_parameters=False,
         average_tokens_across_devices=True,
     )
     kwargs.update(overrides)
