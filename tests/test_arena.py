@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from judge_server import JudgeServer, question_of, seat_of_model, verdict_for  # noqa: E402
+from judge_server import JudgeServer, question_of, verdict_for  # noqa: E402
 
 from rutune.config_eval import ArenaConfig, BackendConfig  # noqa: E402
 from rutune.eval import arena_data  # noqa: E402
