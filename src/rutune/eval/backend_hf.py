@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
-                                  cut_at_stop, encode_pair, messages_of, plain_text_of)
+                                  cut_at_stop, encode_pair, messages_of, plain_text_of, split_pair)
 from rutune.eval.errors import EvalError
 
 
@@ -166,11 +166,22 @@ class HFBackend:
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         return encode_pair(self.tokenizer, context, continuation)
 
+    def _encode_pairs(self, requests: list[LoglikelihoodRequest]) -> list[tuple[list[int], list[int]]]:
+        """`encode_pair` for many requests, each distinct context tokenised once, in batched tokenizer calls."""
+        pairs = []
+        for i, r in enumerate(requests):
+            if not r.context.strip():
+                raise EvalError(f"log-likelihood request {i}: empty context")
+            pairs.append(split_pair(r.context, r.continuation))
+        contexts = list(dict.fromkeys(c for c, _ in pairs))
+        n_context = dict(zip(contexts, map(len, self.tokenizer(contexts, add_special_tokens=False)["input_ids"])))
+        wholes = self.tokenizer([c + k for c, k in pairs], add_special_tokens=False)["input_ids"]
+        return [(whole[: n_context[c]], whole[n_context[c]:]) for (c, _), whole in zip(pairs, wholes)]
+
     def _groups(self, requests: list[LoglikelihoodRequest]) -> list[_Group]:
         by_context: dict[str, list[_Group]] = {}
         pending = []
-        for i, r in enumerate(requests):
-            ctx, cont = self.encode_pair(r.context, r.continuation)
+        for i, (r, (ctx, cont)) in enumerate(zip(requests, self._encode_pairs(requests))):
             if not cont:
                 raise EvalError(f"log-likelihood request {i}: empty continuation")
             inp = ctx + cont[:-1]

@@ -1,0 +1,116 @@
+"""ruMMLU scoring speed: rutune's hf backend vs lm-eval 0.4.13's HF backend vs bare forward passes.
+
+Same tiny model, same questions (synthetic 4-option questions with ~400-token prompts built from the
+ruBABILong filler text), batch size 8, 2 threads. Checks that rutune and lm-eval predict the same letter
+for every question, then prints questions/s and the ratios:
+
+    rutune / lm-eval      goal ≥ 4× at a vocabulary of a few thousand, ≥ 10× at 32k
+    rutune / bare limit   goal ≥ 0.9×  (the limit: one batched forward per question over the same
+                          length-sorted prompts, logits of the last position only, nothing else)
+
+Run:  .venv/bin/python bench/mmlu.py --questions 200 --vocab 4096 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def synthetic_questions(n: int, seed: int = 0, sentences: int = 14):
+    from rutune.eval.babilong_gen import filler_sentence
+    from rutune.eval.mmlu_data import DOMAINS, Question
+
+    rng = random.Random(seed)
+    domains = DOMAINS[:10]
+    out = []
+    for i in range(n):
+        text = " ".join(filler_sentence(rng) for _ in range(sentences)) + " Что из этого верно?"
+        options = tuple(filler_sentence(rng) for _ in range(4))
+        out.append(Question(id=f"bench-{i}", domain=domains[i % 10], question=text, options=options,
+                            gold="ABCD"[rng.randrange(4)], subject="тема"))
+    return out
+
+
+def bench_rutune(backend, contexts):
+    from rutune.eval.mmlu import score_questions
+
+    t = time.perf_counter()
+    rows = score_questions(backend, [(q, ctx, 0) for q, ctx in contexts])
+    return time.perf_counter() - t, [r["pred"] for r in rows]
+
+
+def bench_lm_eval(model_dir: Path, contexts, batch_size: int):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(model_dir), batch_size=batch_size, device="cpu", dtype="float32")
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(ctx, " " + letter), idx=j)
+                for _, ctx in contexts for j, letter in enumerate("ABCD")]
+    t = time.perf_counter()
+    results = lm.loglikelihood(requests, disable_tqdm=True)
+    elapsed = time.perf_counter() - t
+    preds = []
+    for n in range(len(contexts)):
+        lps = [results[4 * n + j][0] for j in range(4)]
+        preds.append("ABCD"[max(range(4), key=lambda j: lps[j])])
+    return elapsed, preds
+
+
+@torch.inference_mode()
+def bench_limit(backend, contexts):
+    """One forward per question over the same length-sorted prompts; last-position logits only."""
+    seqs = []
+    for _, ctx in contexts:
+        seqs.append(max((backend.encode_pair(ctx, " " + x)[0] + backend.encode_pair(ctx, " " + x)[1][:-1]
+                         for x in "ABCD"), key=len))
+    seqs.sort(key=len, reverse=True)
+    t = time.perf_counter()
+    for start in range(0, len(seqs), backend.batch_size):
+        ids, mask, pos = backend._left_pad(seqs[start:start + backend.batch_size])
+        backend.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--questions", type=int, default=200)
+    ap.add_argument("--vocab", type=int, nargs="+", default=[4096, 32768])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-lm-eval", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from rutune.eval.backend_hf import HFBackend
+    from rutune.eval.mmlu import build_prompt
+    from rutune.models import build_tiny_model
+
+    questions = synthetic_questions(args.questions)
+    contexts = [(q, build_prompt(q, [], "mera")) for q in questions]
+    print(f"{len(questions)} questions, batch {args.batch_size}, {args.threads} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        for vocab in args.vocab:
+            model_dir = build_tiny_model(Path(tmp) / f"v{vocab}", vocab_size=vocab)
+            backend = HFBackend(str(model_dir), batch_size=args.batch_size)
+            n_tokens = sum(len(backend.tokenizer(c)["input_ids"]) for _, c in contexts) / len(contexts)
+            bench_rutune(backend, contexts[: args.batch_size])  # warm-up
+            t_ours, ours = bench_rutune(backend, contexts)
+            t_limit = bench_limit(backend, contexts)
+            line = (f"vocab {vocab:>6}: prompt {n_tokens:.0f} tok | rutune {len(contexts) / t_ours:7.1f} q/s | "
+                    f"limit {len(contexts) / t_limit:7.1f} q/s ({t_limit / t_ours:.2f}× of limit)")
+            if not args.skip_lm_eval:
+                t_theirs, theirs = bench_lm_eval(model_dir, contexts, args.batch_size)
+                same = sum(a == b for a, b in zip(ours, theirs))
+                line += (f" | lm-eval {len(contexts) / t_theirs:6.1f} q/s | rutune/lm-eval {t_theirs / t_ours:5.1f}× "
+                         f"| same predictions {same}/{len(contexts)}")
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
