@@ -300,3 +300,17 @@ def test_lengths_in_cl100k_when_the_encoding_is_available(tmp_path, monkeypatch)
     other = generate_answers(questions, CountingBackend().generate, tmp_path / "b.jsonl", "m", "fp", 64)
     assert other[questions[0].question_id].token_len_unit == "model"
     assert length_unit(other, {q: base[q] for q in other}) == "chars"  # never mix units across the pair
+
+
+def test_bad_judge_profile_fails_before_any_generation(tmp_path):
+    bad = tmp_path / "judge.yaml"
+    bad.write_text("base_url: http://127.0.0.1:9/v1\n")
+
+    class MustNotGenerate:
+        def generate(self, requests):
+            raise AssertionError("generation must not start with a broken judge profile")
+
+    with pytest.raises(EvalError, match="model: required key is missing"):
+        run_arena(ArenaConfig(judge=str(bad), questions=str(arena_data.SAMPLES / "arena_questions.jsonl"),
+                              baseline=str(arena_data.SAMPLES / "arena_baseline.jsonl")), None, "tiny", "m",
+                  tmp_path / "o", progress=False, backend=MustNotGenerate())

@@ -173,24 +173,30 @@ def run_arena(cfg: ArenaConfig, backend_cfg: BackendConfig | None, model_path: s
                         f"(first: question_id {missing[0]})")
     baseline = {q.question_id: baseline[q.question_id] for q in questions}
 
+    profile = judge if judge is not None else resolve_judge(cfg.judge)  # a bad profile fails before generation
+    prompt = profile_prompt(profile) if profile is not None else None
+
     if cfg.answers:
         given = arena_data.load_answers(cfg.answers)
         model = {q.question_id: given[q.question_id] for q in questions if q.question_id in given}
     else:
         if model_path is None and backend is None:
             raise EvalError("arena: give a model path or `answers:` (an existing answer file)")
-        if backend is None:
-            from rutune.eval.backends import make_backend
+        loaded = [backend]
 
-            backend = make_backend(backend_cfg, str(model_path))
-        model = generate_answers(questions, backend.generate, out_dir / ANSWERS_FILE, model_label,
+        def generate(requests):  # the model is loaded only if some answers are missing
+            if loaded[0] is None:
+                from rutune.eval.backends import make_backend
+
+                loaded[0] = make_backend(backend_cfg, str(model_path))
+            return loaded[0].generate(requests)
+
+        model = generate_answers(questions, generate, out_dir / ANSWERS_FILE, model_label,
                                  generation_fingerprint(str(model_path), cfg, backend_cfg), cfg.max_new_tokens,
                                  cfg.system_prompt, backend_cfg.batch_size, progress)
 
-    profile = judge if judge is not None else resolve_judge(cfg.judge)
-    records = prompt = None
+    records = None
     if profile is not None:
-        prompt = profile_prompt(profile)
         games = make_games({q.question_id: q.text for q in questions}, {k: a.content for k, a in model.items()},
                            {k: a.content for k, a in baseline.items()})
         with _progress(len(games), f"judging ({profile.model})", progress) as advance:
