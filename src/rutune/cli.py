@@ -6,12 +6,16 @@ a traceback means a bug in rutune.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+
+# transformers' per-shard progress bars drown the stage bars; HF_HUB_DISABLE_PROGRESS_BARS=0 brings them back.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt instruction LLMs to Russian and measure it.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect prepared data.")
@@ -289,6 +293,58 @@ def eval_arena(
 
 
 # ---------------------------------------------------------------- pipeline, report, serve, demo
+FORCE_HELP = "Redo a stage even if unchanged: prepare, train, a stage name, eval, mmlu, babilong, arena, nll, report."
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.sft.sources.0.percent=80"),
+    force: Optional[list[str]] = typer.Option(None, "--force", help=FORCE_HELP),
+):
+    """prepare → train → eval → report; unchanged stages are skipped, interrupted ones resume."""
+    cfg = _load(config, overrides)
+    from rutune.pipeline import run_experiment
+
+    _, outputs = guarded(lambda: run_experiment(cfg, force=set(force or []), echo=typer.echo))
+    for kind, path in sorted(outputs.items()):
+        typer.echo(f"report ({kind}): {path}")
+
+
+@app.command()
+def sweep(
+    grid: Path = typer.Argument(..., help="Grid YAML: base experiment + variants (dotted overrides)."),
+    force: Optional[list[str]] = typer.Option(None, "--force", help=FORCE_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only expand and validate the experiments."),
+):
+    """Run every experiment of a grid (shared stages computed once) and one report over all of them."""
+    from rutune.sweep import expand, run_sweep
+
+    name, configs = guarded(lambda: expand(grid))
+    for cfg in configs:
+        typer.echo(f"experiment {cfg.name}")
+    if dry_run:
+        return
+    outputs = guarded(lambda: run_sweep(grid, force=set(force or []), echo=typer.echo))
+    for kind, path in sorted(outputs.items()):
+        typer.echo(f"report ({kind}): {path}")
+
+
+@app.command()
+def demo(config: Path = typer.Option(Path("configs/experiments/demo.yaml"), help="The demo experiment."),
+         force: Optional[list[str]] = typer.Option(None, "--force", help=FORCE_HELP)):
+    """The whole study on the embedded tiny model and bundled samples, offline, in minutes."""
+    cfg = _load(config, None)
+    from rutune.eval.judge import resolve_judge
+    from rutune.pipeline import run_experiment
+
+    if cfg.eval.arena is not None and guarded(lambda: resolve_judge(cfg.eval.arena.judge)) is None:
+        typer.echo("arena: no judge configured — answers and lengths only. To judge, set RUTUNE_JUDGE_BASE_URL, "
+                   "RUTUNE_JUDGE_MODEL and RUTUNE_JUDGE_API_KEY (see docs/arena.md).")
+    _, outputs = guarded(lambda: run_experiment(cfg, force=set(force or []), echo=typer.echo))
+    if "html" in outputs:
+        typer.echo(f"HTML report: {Path(outputs['html']).resolve()}")
+
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,89 @@
+"""`rutune sweep GRID.yaml`: many experiments from one base config, one report over all of them.
+
+A grid file names a base experiment and the variants, each a list of dotted overrides, written out or
+as a cartesian `grid`:
+
+    base: ../experiments/demo.yaml        # relative to the grid file
+    name: demo-sweep                      # the report goes to <output_root>/<name>/report
+    variants:
+      gm60: [data.sft.sources.0.percent=60]
+      gm100: [data.sft.sources.0.percent=100]
+    grid:                                 # optional; crossed with nothing else, names come from the values
+      data.sft.sources.1.percent: [20, 40]
+
+Experiments are named `<base name>-<variant>`. Stages that come out identical (the base model's evals, an
+SFT that only differs downstream) are computed once and linked, through the pipeline's stage index.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from rutune.config import ConfigError, apply_overrides, load_yaml, parse_config
+
+ALLOWED = {"base", "name", "variants", "grid"}
+
+
+def expand(grid_path: str | Path) -> tuple[str, list]:
+    """Read a grid file; returns (sweep name, [ExperimentConfig, ...]); every problem reported at once."""
+    grid_path = Path(grid_path)
+    tree, lines, problems = load_yaml(grid_path)
+    if not isinstance(tree, dict):
+        raise ConfigError([f"{grid_path}: the top level must be a mapping (base, name, variants, grid)"])
+    for key in sorted(set(tree) - ALLOWED):
+        problems.append(f"{grid_path}:{lines.get((key,), '?')}: {key}: unknown key; allowed: {', '.join(sorted(ALLOWED))}")
+    if "base" not in tree:
+        problems.append(f"{grid_path}: base: required key is missing (path of the base experiment YAML)")
+    variants: dict[str, list[str]] = {}
+    for name, overrides in (tree.get("variants") or {}).items():
+        if not isinstance(overrides, list):
+            problems.append(f"{grid_path}:{lines.get(('variants', name), '?')}: variants.{name}: expected a list of KEY=VALUE")
+            continue
+        variants[str(name)] = [str(o) for o in overrides]
+    grid = tree.get("grid") or {}
+    if grid:
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
+            label = "-".join(f"{k.split('.')[-2] if k.split('.')[-1] in ('percent', 'count') else k.split('.')[-1]}{v}"
+                             for k, v in zip(keys, values))
+            variants[label] = [f"{k}={v}" for k, v in zip(keys, values)]
+    if not variants and "base" in tree:
+        problems.append(f"{grid_path}: give `variants` or `grid`: a sweep needs at least one experiment")
+    if problems:
+        raise ConfigError(problems)
+    base_path = (grid_path.parent / tree["base"]).resolve()
+    base_tree, _, base_problems = load_yaml(base_path)
+    if base_problems:
+        raise ConfigError(base_problems)
+    configs = []
+    for label, overrides in variants.items():
+        import copy
+
+        t = copy.deepcopy(base_tree)
+        errs = apply_overrides(t, overrides)
+        t["name"] = f"{base_tree.get('name', 'exp')}-{label}"
+        if errs:
+            problems += [f"variants.{label}: {e}" for e in errs]
+            continue
+        try:
+            configs.append(parse_config(t))
+        except ConfigError as e:
+            problems += [f"variants.{label}: {p.removeprefix('<config>: ')}" for p in e.problems]
+    if problems:
+        raise ConfigError(problems)
+    return str(tree.get("name") or f"{base_tree.get('name', 'exp')}-sweep"), configs
+
+
+def run_sweep(grid_path: str | Path, *, force: set[str] | None = None, echo=print) -> dict:
+    from rutune.pipeline import StageLog, run_experiment, run_report_stage
+    from rutune.rundir import RunDir
+
+    name, configs = expand(grid_path)
+    run_dirs = []
+    for cfg in configs:
+        echo(f"== experiment {cfg.name}")
+        run_experiment(cfg, force=force, report=False, echo=echo)
+        run_dirs.append(RunDir.for_experiment(cfg.output_root, cfg.name).root)
+    out = Path(configs[0].output_root) / name / "report"
+    return run_report_stage(run_dirs, out, configs[0], set(force or ()), StageLog(echo=echo))
