@@ -75,12 +75,12 @@ def test_sweep_trains_a_shared_stage_once(tmp_path, mini):
       b: [eval.mmlu.limit=5]
     """), encoding="utf-8")
     name, configs = expand(grid)
-    assert name == "mini-sweep" and [c.name for c in configs] == ["mini-a", "mini-b"]
+    assert name == "mini-sweep" and [c.name for c in configs] == ["mini-sweep-a", "mini-sweep-b"]
     logs = [run_experiment(c, report=False, echo=lambda s: None)[0] for c in configs]
     assert statuses(logs[0])["train/sft"] == "done"
     assert statuses(logs[1])["train/sft"] == "linked" and statuses(logs[1])["prepare"] == "linked"
-    ckpt_a = Path(configs[0].output_root) / "mini-a" / "train" / "sft" / "checkpoint" / "model.safetensors"
-    ckpt_b = Path(configs[1].output_root) / "mini-b" / "train" / "sft" / "checkpoint" / "model.safetensors"
+    ckpt_a = Path(configs[0].output_root) / "mini-sweep-a" / "train" / "sft" / "checkpoint" / "model.safetensors"
+    ckpt_b = Path(configs[1].output_root) / "mini-sweep-b" / "train" / "sft" / "checkpoint" / "model.safetensors"
     assert ckpt_a.read_bytes() == ckpt_b.read_bytes()
 
 

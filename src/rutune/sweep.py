@@ -11,7 +11,7 @@ as a cartesian `grid`:
     grid:                                 # optional; crossed with nothing else, names come from the values
       data.sft.sources.1.percent: [20, 40]
 
-Experiments are named `<base name>-<variant>`. Stages that come out identical (the base model's evals, an
+Experiments are named `<sweep name>-<variant>`. Stages that come out identical (the base model's evals, an
 SFT that only differs downstream) are computed once and linked, through the pipeline's stage index.
 """
 
@@ -56,13 +56,14 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
     base_tree, _, base_problems = load_yaml(base_path)
     if base_problems:
         raise ConfigError(base_problems)
+    sweep_name = str(tree.get("name") or f"{base_tree.get('name', 'exp')}-sweep")
     configs = []
     for label, overrides in variants.items():
         import copy
 
         t = copy.deepcopy(base_tree)
         errs = apply_overrides(t, overrides)
-        t["name"] = f"{base_tree.get('name', 'exp')}-{label}"
+        t["name"] = f"{sweep_name}-{label}"
         if errs:
             problems += [f"variants.{label}: {e}" for e in errs]
             continue
@@ -72,7 +73,7 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
             problems += [f"variants.{label}: {p.removeprefix('<config>: ')}" for p in e.problems]
     if problems:
         raise ConfigError(problems)
-    return str(tree.get("name") or f"{base_tree.get('name', 'exp')}-sweep"), configs
+    return sweep_name, configs
 
 
 def run_sweep(grid_path: str | Path, *, force: set[str] | None = None, echo=print) -> dict:
