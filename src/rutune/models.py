@@ -145,13 +145,19 @@ def tiny_model_path(seed: int = 0, **overrides) -> Path:
     return path
 
 
-def resolve_model_path(path: str, *, seed: int = 0) -> str:
+def resolve_model_path(path: str, *, seed: int = 0, gguf_file: str | None = None) -> str:
     """Map a `base_model.path` to something `from_pretrained` takes: `tiny` → cached build, else unchanged.
 
-    Registered real models (e.g. `smollm2-135m-instruct`) are resolved in `rutune.real_models` when installed.
+    Registered real models (e.g. `smollm2-135m-instruct`) and GGUF files (`x.gguf`, or a folder + `gguf_file`)
+    resolve in `rutune.real_models` to a converted safetensors checkpoint.
     """
     if path == "tiny":
         return str(tiny_model_path(seed=seed))
+    from rutune.real_models import resolve_real_model
+
+    real = resolve_real_model(path, gguf_file=gguf_file)
+    if real is not None:
+        return real
     local = Path(path).expanduser()
     if local.exists():
         return str(local)
