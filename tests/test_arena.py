@@ -65,7 +65,7 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
     torch.set_num_threads(2)
     from rutune.models import tiny_model_path
 
-    cfg = ArenaConfig(limit=20, max_new_tokens=12)
+    cfg = ArenaConfig(limit=20, max_new_tokens=8)
     questions = arena_data.load_questions(None, limit=20)
     assert len(questions) == 20 and questions[0].question_id == "721086674"  # the real benchdata file
     reply, baseline_texts = by_question_index(questions)
@@ -74,7 +74,7 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
     out = tmp_path / "arena" / "tiny"
     with JudgeServer(reply) as server:
         prof = JudgeProfile(base_url=server.base_url, model="scripted", concurrency=8)
-        res = run_arena(cfg, BackendConfig(batch_size=10), str(tiny_model_path()), "tiny", out, judge=prof,
+        res = run_arena(cfg, BackendConfig(batch_size=20), str(tiny_model_path()), "tiny", out, judge=prof,
                         progress=False)
         assert len(server.calls) == 40
 
@@ -82,7 +82,7 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
             def generate(self, requests):
                 raise AssertionError("answers must be reused on rerun")
 
-        again = run_arena(cfg, BackendConfig(batch_size=10), str(tiny_model_path()), "tiny", out, judge=prof,
+        again = run_arena(cfg, BackendConfig(batch_size=20), str(tiny_model_path()), "tiny", out, judge=prof,
                           progress=False, backend=NoGeneration())
         assert len(server.calls) == 40  # zero judge calls on rerun
     wr = res["metrics"]["win_rate"]
@@ -94,7 +94,7 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
     assert [r["question_id"] for r in rows] == [int(q.question_id) for q in questions]
     for r in rows:
         turn = r["choices"][0]["turns"][0]
-        assert 0 < turn["model_token_len"] <= 12 and r["model_id"] == "tiny"
+        assert 0 < turn["model_token_len"] <= 8 and r["model_id"] == "tiny"
         assert turn["token_len_unit"] in ("cl100k", "model")
     assert res["metrics"]["avg_model_tokens"]["value"] == pytest.approx(
         np.mean([r["choices"][0]["turns"][0]["model_token_len"] for r in rows]))
