@@ -175,6 +175,8 @@ def run_arena(cfg: ArenaConfig, backend_cfg: BackendConfig | None, model_path: s
 
     profile = judge if judge is not None else resolve_judge(cfg.judge)  # a bad profile fails before generation
     prompt = profile_prompt(profile) if profile is not None else None
+    if profile is not None:
+        profile.api_key()  # a missing key also fails now, not after hours of generation (the value is not kept)
 
     if cfg.answers:
         given = arena_data.load_answers(cfg.answers)
@@ -206,6 +208,8 @@ def run_arena(cfg: ArenaConfig, backend_cfg: BackendConfig | None, model_path: s
         records += [{"id": f"{q.question_id}-g{g}", "question_id": q.question_id, "game": g, "status": "error",
                      "valid": False, "verdict": None, "reason": "no model answer", "model_score": None}
                     for q in questions if q.question_id not in answered for g in (1, 2)]
+        order = {q.question_id: i for i, q in enumerate(questions)}
+        records.sort(key=lambda r: (order[r["question_id"]], r["game"]))
         write_text_atomic(out_dir / "items.jsonl", "".join(
             json.dumps(r, ensure_ascii=False) + "\n" for r in _item_rows(records, model)))
 
