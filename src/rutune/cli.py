@@ -293,6 +293,52 @@ def eval_arena(
 
 
 # ---------------------------------------------------------------- pipeline, report, serve, demo
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories: one experiment, or every run of a sweep."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/report for one run)."),
+    baseline: str = typer.Option("base", "--baseline", help="Model label the others are tested against."),
+    formats: str = typer.Option("md,csv,html", "--formats", help="Comma-separated: md, csv, html."),
+    rounds: int = typer.Option(1000, "--rounds", min=10, help="Bootstrap rounds (paired tests, length CIs)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Comparison table (95% CIs, ▲/▼ vs the base), mixtures, contamination, figures → md, csv, one html file."""
+    from rutune.report import ReportError, build_report
+
+    if out is None and len(run_dirs) > 1:
+        fail("--out DIR is needed when reporting on several run directories")
+    try:
+        written = build_report(run_dirs, out or run_dirs[0] / "report", baseline_label=baseline,
+                               formats=_split_list(formats) or [], rounds=rounds, seed=seed)
+    except ReportError as e:
+        fail(str(e))
+    for key, path in written.items():
+        if not key.startswith("plot:"):
+            typer.echo(f"wrote {path}")
+
+@app.command()
+def serve(
+    checkpoint: str = typer.Argument(..., help="Checkpoint folder (safetensors, tokenizer, chat template) or `tiny`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address; anything but loopback requires an API key."),
+    port: int = typer.Option(8000, "--port"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Model id clients send (default: the folder)."),
+    api_key_env: str = typer.Option("RUTUNE_SERVE_API_KEY", "--api-key-env",
+                                    help="Env var holding the API key (required off loopback)."),
+    max_tokens_cap: Optional[int] = typer.Option(None, "--max-tokens-cap", min=1,
+                                                 help="Largest max_tokens accepted (default: the model's context)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the checkpoint's own code."),
+):
+    """OpenAI-compatible server (/v1/models, /v1/chat/completions, /v1/completions) for one checkpoint."""
+    from rutune.serve import ServeError, run_server
+
+    try:
+        guarded(lambda: run_server(checkpoint, host=host, port=port, model_name=model_name, api_key_env=api_key_env,
+                                   max_tokens_cap=max_tokens_cap, trust_remote_code=trust_remote_code,
+                                   log=lambda line: typer.echo(line, err=True)))
+    except ServeError as e:
+        fail(str(e))
+
+
 FORCE_HELP = "Redo a stage even if unchanged: prepare, train, a stage name, eval, mmlu, babilong, arena, nll, report."
 
 

@@ -48,7 +48,8 @@ def _grid(n: int, ncols: int, size: tuple[float, float]):
     plt = _pyplot()
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             layout="constrained")
     flat = [ax for row in axes for ax in row]
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -74,6 +75,7 @@ def metric_vs_mixture(table: Table, runs: list[Run]) -> Figure | None:
     cols = [c for c in table.columns if any(r.cells[c.key].value is not None for r in table.rows)]
     if not cols:
         return None
+    xs_all = [x for x in percent_of.values() if x is not None]
     fig, axes = _grid(len(cols), 3, (4.2, 3.2))
     for ax, col in zip(axes, cols):
         lines: dict[str, list[tuple[float, float, float | None, float | None]]] = {}
@@ -96,6 +98,9 @@ def metric_vs_mixture(table: Table, runs: list[Run]) -> Figure | None:
                    [max(0.0, (hi if hi is not None else y) - y) for _, y, _, hi in points]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=model)
         ax.set_title(col.title)
+        if xs_all:
+            pad = max(5.0, 0.1 * (max(xs_all) - min(xs_all)))
+            ax.set_xlim(min(xs_all) - pad, max(xs_all) + pad)
         ax.set_xlabel(f"{short_name(source)} %")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

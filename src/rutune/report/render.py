@@ -162,7 +162,9 @@ table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
 th, td { border: 1px solid #d0d0d5; padding: 4px 8px; text-align: right; white-space: nowrap; }
 th { background: #f2f2f5; } td:first-child, th:first-child { text-align: left; }
 tr.baseline td { background: #fafae8; font-weight: 600; }
-.ci { color: #6b6b73; font-size: 12px; } .n { color: #b35c00; font-size: 12px; }
+.ci, .n { display: block; font-size: 12px; } .ci, .unit { color: #6b6b73; } .n { color: #b35c00; }
+table.results td:first-child { white-space: normal; max-width: 300px; }
+table.mixture td { text-align: left; } table.mixture td.num { text-align: right; }
 .up { color: #1a7f37; font-weight: 700; } .down { color: #c62828; font-weight: 700; }
 .note { color: #6b6b73; font-style: italic; } ul.legend { font-size: 13px; color: #444; }
 img { max-width: 100%; border: 1px solid #e0e0e5; margin: 6px 0 18px; }
@@ -177,16 +179,16 @@ def _html_cell(cell: Cell, col: Column, with_unit: bool) -> str:
     if cell.value is None:
         return "<td>—</td>"
     inner = e(fmt(cell.value, col.decimals))
-    if cell.ci_low is not None and cell.ci_high is not None:
-        inner += f' <span class="ci">[{fmt(cell.ci_low, col.decimals)}, {fmt(cell.ci_high, col.decimals)}]</span>'
-    if with_unit and cell.unit:
-        inner += f' <span class="ci">{e(UNIT_NAMES.get(cell.unit, cell.unit))}</span>'
     if cell.direction:
         cls = "up" if cell.direction == "higher" else "down"
         inner += (f' <span class="{cls}" title="p = {cell.p_value:.4g} ({cell.test}, {cell.n_pairs} paired items)">'
                   f"{MARKS[cell.direction]}</span>")
+    if with_unit and cell.unit:
+        inner += f' <span class="unit">{e(UNIT_NAMES.get(cell.unit, cell.unit))}</span>'
+    if cell.ci_low is not None and cell.ci_high is not None:
+        inner += f'<span class="ci">[{fmt(cell.ci_low, col.decimals)}, {fmt(cell.ci_high, col.decimals)}]</span>'
     if cell.n_valid is not None and cell.n_total is not None and cell.n_valid < cell.n_total:
-        inner += f' <span class="n">({cell.n_valid}/{cell.n_total})</span>'
+        inner += f'<span class="n">{cell.n_valid}/{cell.n_total} valid</span>'
     return f"<td>{inner}</td>"
 
 
@@ -215,7 +217,8 @@ def render_html(doc: Document) -> str:
         mrows = mixture_rows(run)
         parts.append(f"<h3>{e(run_caption(doc, run))}</h3>")
         if mrows:
-            body = ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in mixture_cells(m)) + "</tr>" for m in mrows]
+            body = ["<tr>" + "".join(f'<td{" class=num" if 3 <= i <= 8 else ""}>{e(c)}</td>'
+                                     for i, c in enumerate(mixture_cells(m))) + "</tr>" for m in mrows]
             parts.append(_html_table(list(MIXTURE_HEADER), body, "mixture"))
         else:
             parts.append("<p>No prepare manifest.</p>")
