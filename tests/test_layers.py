@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "rutune"
 
 RANK = {"base": 0, "data": 1, "train": 2, "eval": 2, "report": 3, "top": 4}
 BASE = {"records", "config", "config_train", "config_eval", "rundir", "models", "__init__", "real_models"}
-TOP = {"cli", "serve", "pipeline", "sweep", "demo", "__main__"}
+TOP = {"cli", "serve", "serve_app", "pipeline", "sweep", "demo", "__main__"}
 
 
 def layer_of(module: str) -> str:
