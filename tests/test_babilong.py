@@ -182,3 +182,23 @@ def test_real_model_generation_runs_and_records(hf, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["output"], str) and r["prompt_tokens"] > 256 for r in rows)
     assert res["extra"]["templates"] == "rutune" and res["metrics"]["qa2"]["n_total"] == 2
+
+
+def test_hub_code_path_on_a_local_repo(tmp_path, monkeypatch):
+    """The real `load_dataset(repo, "ru_babilong_qa1", split="test")` call, on a repo laid out like the hub's."""
+    import datasets
+
+    from rutune.eval.babilong import load_hub_rows
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+
+    repo = tmp_path / "LIBRA"
+    (repo / "ru_babilong_qa1").mkdir(parents=True)
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: ru_babilong_qa1\n  data_files:\n"
+                                    "  - split: test\n    path: ru_babilong_qa1/test.jsonl\n---\n")
+    (repo / "ru_babilong_qa1" / "test.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in libra_rows(2, "4k")))
+    rows = load_hub_rows(str(repo), "qa1", None)
+    assert [r["metadata"]["id"] for r in rows] == ["r0", "r1"] and rows[0]["length"] == "4k"
+    with pytest.raises(EvalError, match="cannot load"):
+        load_hub_rows(str(tmp_path / "absent-repo"), "qa1", None)

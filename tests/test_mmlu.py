@@ -205,3 +205,23 @@ def test_closed_test_rows_are_not_counted(backend, tmp_path):
     res = run_mmlu(MmluConfig(path=path, bootstrap_rounds=50), BackendConfig(), "tiny", tmp_path / "o",
                    backend=backend)
     assert res["metrics"]["accuracy"]["n_valid"] == 1 and res["metrics"]["accuracy"]["n_total"] == 2
+
+
+def test_hub_code_paths_on_local_repo_layouts(tmp_path, monkeypatch):
+    """The real `load_dataset` calls for both formats, on repos laid out like the hub's parquet/jsonl trees."""
+    import datasets
+    import pyarrow as pa
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    import pyarrow.parquet as pq
+
+    from rutune.eval.mmlu_data import _load_hub
+
+    (tmp_path / "mmlu_ru" / "virology" / "test").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"question_ru": "Что?", "choices_ru": ["a", "b", "c", "d"], "answer": 1}]),
+                   tmp_path / "mmlu_ru" / "virology" / "test" / "0000.parquet")
+    got = _load_hub(str(tmp_path / "mmlu_ru"), "mmlu_ru", "test", None, ["virology"])
+    assert [(x.id, x.gold, x.subject) for x in got] == [("mmlu_ru-virology-test-0", "B", "вирусологии")]
+    (tmp_path / "mera").mkdir()
+    (tmp_path / "mera" / "test.jsonl").write_text(Path(MERA).read_text())
+    assert len(_load_hub(str(tmp_path / "mera"), "mera", "test", None, None)) == 20

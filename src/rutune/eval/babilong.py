@@ -168,6 +168,11 @@ def load_rows(source: str, task: str, revision: str | None) -> list[dict]:
         return rows
     if source.startswith(("/", "./", "../", "~")) or local.suffix in (".jsonl", ".json", ".parquet"):
         raise EvalError(f"eval.babilong.source: {source}: file not found")
+    return load_hub_rows(source, task, revision)
+
+
+def load_hub_rows(source: str, task: str, revision: str | None) -> list[dict]:
+    """`datasets.load_dataset(source, "ru_babilong_qaN", split="test", revision=...)` (LIBRA's hub layout)."""
     import datasets
 
     try:
