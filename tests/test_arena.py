@@ -314,3 +314,36 @@ def test_bad_judge_profile_fails_before_any_generation(tmp_path):
         run_arena(ArenaConfig(judge=str(bad), questions=str(arena_data.SAMPLES / "arena_questions.jsonl"),
                               baseline=str(arena_data.SAMPLES / "arena_baseline.jsonl")), None, "tiny", "m",
                   tmp_path / "o", progress=False, backend=MustNotGenerate())
+
+
+def test_answers_through_the_openai_backend(tmp_path, no_env_judge):
+    """One local server plays both parts: it answers questions (generation) and judges (requests with the judge
+    template); the model's answers are longer than the baseline's, and the scripted judge prefers the longer one."""
+    from typer.testing import CliRunner
+
+    from rutune.cli import app
+
+    def reply(body):
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        if "<|User Prompt|>" not in user:
+            return "Подробный ответ модели. " * 200
+        a = user.split("Assistant A's Answer|>\n", 1)[1].split("\n<|The End of Assistant A", 1)[0]
+        b = user.split("Assistant B's Answer|>\n", 1)[1].split("\n<|The End of Assistant B", 1)[0]
+        return "[[A>B]]" if len(a) > len(b) else "[[B>A]]"
+
+    samples = arena_data.SAMPLES
+    with JudgeServer(reply) as server:
+        prof = tmp_path / "judge.yaml"
+        prof.write_text(f"base_url: {server.base_url}\nmodel: judge\n")
+        r = CliRunner().invoke(app, [
+            "eval", "arena", "--model", "served-model", "--backend", "openai", "--base-url", server.base_url,
+            "--judge", str(prof), "--questions", str(samples / "arena_questions.jsonl"),
+            "--baseline", str(samples / "arena_baseline.jsonl"), "--limit", "5", "--max-new-tokens", "64",
+            "--out", str(tmp_path / "o")])
+        generation = [c for c in server.calls if c.body.get("model") == "served-model"]
+    assert r.exit_code == 0, r.output
+    assert len(generation) == 5 and all(c.body["temperature"] == 0 for c in generation)
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["metrics"]["win_rate"]["value"] == 1.0 and res["extra"]["generation"]["backend"] == "openai"
+    rows = [json.loads(line) for line in (tmp_path / "o" / "answers.jsonl").read_text().splitlines()]
+    assert rows[0]["choices"][0]["turns"][0]["content"].startswith("Подробный ответ модели.")

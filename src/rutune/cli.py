@@ -270,6 +270,8 @@ def eval_arena(
     max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
     backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="--backend openai: the server's …/v1 URL."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="--backend openai: env var with the key."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ):
@@ -285,7 +287,7 @@ def eval_arena(
     cfg = guarded(lambda: ArenaConfig(questions=questions, baseline=str(baseline) if baseline else None,
                                       answers=str(answers) if answers else None, judge=str(judge) if judge else None,
                                       limit=limit, max_new_tokens=max_new_tokens, system_prompt=system_prompt))
-    backend_cfg = guarded(lambda: BackendConfig(kind=backend, batch_size=batch_size))
+    backend_cfg = BackendConfig(kind=backend, batch_size=batch_size, base_url=base_url, api_key_env=api_key_env)
     out_dir = out or Path("runs") / "eval" / "arena" / name
     results = guarded(lambda: run_arena(cfg, backend_cfg, model, name, out_dir, seed=seed))
     typer.echo(summary_line(results))
