@@ -225,3 +225,17 @@ def test_hub_code_paths_on_local_repo_layouts(tmp_path, monkeypatch):
     (tmp_path / "mera").mkdir()
     (tmp_path / "mera" / "test.jsonl").write_text(Path(MERA).read_text())
     assert len(_load_hub(str(tmp_path / "mera"), "mera", "test", None, None)) == 20
+
+
+def test_bundled_sample_loads_and_runs_five_shot(backend, tmp_path):
+    from rutune.eval.mmlu_data import SAMPLE
+
+    if not SAMPLE.exists():
+        pytest.skip("bundled ruMMLU sample not written yet")
+    questions = load_questions(None, "mera")
+    assert len(questions) >= 80 and len({x.domain for x in questions}) >= 10
+    res = run_mmlu(MmluConfig(shots=5, limit=12, bootstrap_rounds=50), BackendConfig(), "tiny", tmp_path,
+                   backend=backend)
+    rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["n_shots"] == 5 for r in rows)
+    assert res["extra"]["source"] == "bundled:rummlu_mera.jsonl"

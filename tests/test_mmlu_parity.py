@@ -1,7 +1,7 @@
 """Parity with lm-eval-harness 0.4.13's HF backend: same questions, same tiny model → same prediction per item.
 
 Zero-shot: lm-eval builds the prompt itself from the raw MERA rows (tests/data/lmeval/parity_utils.py).
-Two-shot: lm-eval scores rutune's few-shot contexts, so the check covers tokenisation and scoring with shots.
+Five-shot: lm-eval scores rutune's few-shot contexts, so the check covers tokenisation and scoring with shots.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from rutune.eval.mmlu_data import load_questions
 
 torch.set_num_threads(2)
 DATA = Path(__file__).parent / "data"
-MERA = DATA / "rummlu_mera_mini.jsonl"
+BUNDLED = Path(__file__).resolve().parent.parent / "src" / "rutune" / "samples" / "rummlu_mera.jsonl"
+# The bundled mini ruMMLU (80 questions, 10 domains) when present; else the tests' own 20 questions.
+MERA = BUNDLED if BUNDLED.exists() else DATA / "rummlu_mera_mini.jsonl"
+SHOTS = (0, 5)
 
 
 def lm_eval_task(include: Path, name: str, data: Path) -> str:
@@ -37,7 +40,7 @@ def test_predictions_match_lm_eval(tiny_model_dir, tmp_path):
 
     backend = make_backend(BackendConfig(batch_size=8), str(tiny_model_dir))
     ours = {}
-    for shots in (0, 2):
+    for shots in SHOTS:
         run_mmlu(MmluConfig(path=str(MERA), shots=shots, bootstrap_rounds=50), BackendConfig(), str(tiny_model_dir),
                  tmp_path / f"ours{shots}", backend=backend)
         rows = [json.loads(x) for x in (tmp_path / f"ours{shots}" / "items.jsonl").read_text().splitlines()]
@@ -53,17 +56,17 @@ def test_predictions_match_lm_eval(tiny_model_dir, tmp_path):
     shot_rows = tmp_path / "shots.jsonl"
     with open(shot_rows, "w", encoding="utf-8") as f:
         for x in questions:
-            prompt = build_prompt(x, draw_shots(x, by_domain, 2, seed=0), "mera")
+            prompt = build_prompt(x, draw_shots(x, by_domain, SHOTS[1], seed=0), "mera")
             f.write(json.dumps({"prompt": prompt, "outputs": x.gold}, ensure_ascii=False) + "\n")
 
     include = tmp_path / "tasks"
     include.mkdir()
     shutil.copy(DATA / "lmeval" / "parity_utils.py", include)
-    tasks = [lm_eval_task(include, "rutune_parity_zero", MERA), lm_eval_task(include, "rutune_parity_two", shot_rows)]
+    tasks = [lm_eval_task(include, "rutune_parity_zero", MERA), lm_eval_task(include, "rutune_parity_five", shot_rows)]
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_model_dir},dtype=float32", tasks=tasks,
                                   task_manager=TaskManager(include_path=str(include)), batch_size=4, device="cpu",
                                   log_samples=True)
-    for task, shots in zip(tasks, (0, 2)):
+    for task, shots in zip(tasks, SHOTS):
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
         assert len(samples) == len(questions)
         for x, s in zip(questions, samples):
