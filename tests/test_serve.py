@@ -22,8 +22,8 @@ from rutune.config_eval import BackendConfig
 from rutune.data.templates import render
 from rutune.eval.backend_openai import OpenAIBackend
 from rutune.eval.backends import GenerationRequest, LoglikelihoodRequest, make_backend
-from rutune.serve import (Generator, ServeError, api_key_for, held_back, is_loopback, load_checkpoint,
-                          startup_line)
+from rutune.serve import (Detokenizer, Generator, ServeError, api_key_for, held_back, is_loopback,
+                          load_checkpoint, startup_line)
 from rutune.serve_app import create_app
 
 torch.set_num_threads(2)
@@ -179,6 +179,28 @@ def test_held_back_keeps_a_possible_stop_prefix():
     assert held_back("ab", ("bx", "abz")) == 2
 
 
+def _byte_token_ids(tok, text: str) -> list[int]:
+    """One token per UTF-8 byte (GPT-2's byte-to-character map), so each Cyrillic letter spans two tokens."""
+    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {b: chr(b) for b in visible}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return tok.convert_tokens_to_ids([chars[b] for b in text.encode("utf-8")])
+
+
+def test_detokenizer_never_emits_half_characters(served):
+    tok = served["generator"].checkpoint.tokenizer
+    text = "Привет, мир! ёж"
+    ids = _byte_token_ids(tok, text)
+    assert len(ids) == len(text.encode("utf-8")) and tok.decode(ids) == text
+    detok = Detokenizer(tok)
+    pieces = [detok.add(i) for i in ids] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert pieces[0] == "" and pieces[1] == "П"  # the first letter appears with its second byte
+
+
 def test_seed_makes_sampling_repeatable(client):
     a = chat(client, "Привет", temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].message.content
     b = chat(client, "Привет", temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].message.content
@@ -252,6 +274,15 @@ def test_bad_requests_get_openai_style_errors(client):
     assert (status, body["param"]) == (400, "n")
     status, body = _status(lambda: client.completions.create(model=MODEL, prompt="x", max_tokens=CAP + 1))
     assert (status, body["param"]) == (400, "max_tokens")
+
+
+def test_malformed_json_is_a_400(served):
+    import httpx
+
+    r = httpx.post(served["url"] + "/chat/completions", content=b'{"model": "tiny-ru", "messages": [',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error" and "not valid JSON" in r.json()["error"]["message"]
 
 
 def test_prompt_plus_max_tokens_beyond_the_window_is_rejected(served):

@@ -208,21 +208,24 @@ class Generator:
                                 repetition_penalty=1.0, no_repeat_ngram_size=0, **warpers,
                                 pad_token_id=tok.pad_token_id, eos_token_id=self.checkpoint.eos_ids)
 
-    def stream(self, prompt_ids: list[int], sampling: Sampling) -> Iterator[Step]:
-        """Steps of generated text; the last one carries the finish reason. Holds the model lock throughout."""
-        with self.lock:
-            if sampling.max_tokens <= 0:
-                yield Step("", finish_reason="length")
-                return
-            yield from self._stream_locked(prompt_ids, sampling)
+    def stream(self, prompt_ids: list[int], sampling: Sampling,
+               cancel: threading.Event | None = None) -> Iterator[Step]:
+        """Steps of generated text; the last one carries the finish reason. Setting `cancel` (a client gone)
+        stops generation at the next token.
 
-    def _stream_locked(self, prompt_ids: list[int], sampling: Sampling) -> Iterator[Step]:
+        The model lock is taken before generation starts and released by the generating thread when
+        `model.generate` returns, so a consumer that stops early never leaves the model busy or shared."""
+        if sampling.max_tokens <= 0:
+            yield Step("", finish_reason="length")
+            return
+        yield from self._stream(prompt_ids, sampling, threading.Event() if cancel is None else cancel)
+
+    def _stream(self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Step]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         tokens_out: queue.Queue = queue.Queue()
-        cancel = threading.Event()
 
         class ToQueue(BaseStreamer):
             def __init__(self):
@@ -257,14 +260,19 @@ class Generator:
                 tokens_out.put(e)
             finally:
                 tokens_out.put(_END)
+                self.lock.release()
 
         worker = threading.Thread(target=work, name="rutune-generate", daemon=True)
-        worker.start()
+        self.lock.acquire()
+        try:
+            worker.start()
+        except BaseException:
+            self.lock.release()
+            raise
         try:
             yield from self._consume(tokens_out, sampling)
         finally:
             cancel.set()
-            worker.join()
 
     def _consume(self, tokens_out: queue.Queue, sampling: Sampling) -> Iterator[Step]:
         eos = set(self.checkpoint.eos_ids)

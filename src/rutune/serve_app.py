@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool
 
 from rutune.data.templates import TemplateError, render
 from rutune.serve import GenerationFailed, Generator, Sampling, Step
@@ -173,6 +175,21 @@ def stream_events(steps: Iterator[Step], *, head: dict, choice, include_usage: b
     yield "data: [DONE]\n\n"
 
 
+def sse_response(generator: Generator, ids: list[int], sampling: Sampling, **events) -> StreamingResponse:
+    """Stream `stream_events` from a worker thread; a client that goes away cancels generation at the next token."""
+    cancel = threading.Event()
+    lines = stream_events(generator.stream(ids, sampling, cancel), n_prompt=len(ids), **events)
+
+    async def body():
+        try:
+            async for line in iterate_in_threadpool(lines):
+                yield line
+        finally:
+            cancel.set()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
 # ---------------------------------------------------------------- the app
 
 def create_app(generator: Generator, *, model_name: str, api_key: str | None = None,
@@ -191,6 +208,9 @@ def create_app(generator: Generator, *, model_name: str, api_key: str | None = N
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         err = exc.errors()[0]
+        if err.get("type") == "json_invalid":
+            return JSONResponse(APIError(400, f"the request body is not valid JSON ({err.get('ctx', {}).get('error')}"
+                                         f" at character {err['loc'][-1]})").body(), status_code=400)
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         return JSONResponse(APIError(400, f"{param or 'body'}: {err.get('msg')}", param=param).body(),
@@ -253,10 +273,9 @@ def create_app(generator: Generator, *, model_name: str, api_key: str | None = N
 
             first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                      "finish_reason": None}
-            events = stream_events(generator.stream(ids, sampling), head={**head, "object": "chat.completion.chunk"},
-                                   choice=choice, first=first, n_prompt=len(ids),
-                                   include_usage=bool((req.stream_options or {}).get("include_usage")))
-            return StreamingResponse(events, media_type="text/event-stream")
+            return sse_response(generator, ids, sampling, head={**head, "object": "chat.completion.chunk"},
+                                choice=choice, first=first,
+                                include_usage=bool((req.stream_options or {}).get("include_usage")))
         text, last = _collect(generator.stream(ids, sampling))
         return {**head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -289,10 +308,8 @@ def create_app(generator: Generator, *, model_name: str, api_key: str | None = N
                 return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
             first = choice(prompt, None) if req.echo else None
-            events = stream_events(generator.stream(ids, sampling), head=head, choice=choice, first=first,
-                                   n_prompt=len(ids),
-                                   include_usage=bool((req.stream_options or {}).get("include_usage")))
-            return StreamingResponse(events, media_type="text/event-stream")
+            return sse_response(generator, ids, sampling, head=head, choice=choice, first=first,
+                                include_usage=bool((req.stream_options or {}).get("include_usage")))
         text, last = _collect(generator.stream(ids, sampling))
         logprobs = None
         if req.logprobs is not None:
