@@ -96,7 +96,7 @@ def mcnemar(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     if n == 0:
         return {"only_a": 0, "only_b": 0, "p_value": 1.0}
     k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)  # big-int division: 2.0**n overflows past n=1023
     return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2.0 * tail)}
 
 
