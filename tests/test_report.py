@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -215,3 +216,36 @@ def test_cli_report(tmp_path):
     assert res.exit_code == 0 and (runs[1] / "report" / "report.md").exists()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such run directory" in res.output and "Traceback" not in res.output
+
+
+def test_nll_column_only_when_a_run_has_it(tmp_path, sweep):
+    """The optional held-out NLL column (first metric of eval/nll results) with a paired bootstrap on its items."""
+    assert "Held-out NLL" not in sweep["md"]
+    run = tmp_path / "e"
+    for model, shift in (("base", 0.0), ("sft", -0.5)):
+        write_mmlu(run, model, 10, n=20)
+        folder = run / "eval" / "nll" / model
+        folder.mkdir(parents=True)
+        values = [2.0 + 0.01 * i + shift for i in range(50)]
+        (folder / "items.jsonl").write_text("".join(json.dumps({"id": f"h{i}", "nll": v}) + "\n"
+                                                    for i, v in enumerate(values)), encoding="utf-8")
+        (folder / "results.json").write_text(json.dumps({"suite": "nll", "model": model, "metrics": {
+            "mean_nll": {"value": sum(values) / 50, "ci_low": None, "ci_high": None, "n_valid": 50, "n_total": 50,
+                         "item_key": "nll"}}}), encoding="utf-8")
+    table = build_table([read_run(run)], rounds=ROUNDS)
+    assert [c.key for c in table.columns][-1] == "nll"
+    cell = table.rows[1].cells["nll"]
+    assert cell.value == pytest.approx(2.245 - 0.5) and cell.test == "paired_bootstrap"
+    assert cell.diff == pytest.approx(-0.5) and cell.direction == "lower" and cell.n_pairs == 50
+
+
+def test_mcnemar_on_thousands_of_discordant_items():
+    """ruMMLU-sized tables (thousands of discordant items) must not overflow; exact p vs the normal approximation."""
+    from rutune.report.table import paired_test
+
+    model = {f"m{i}": float(i < 3100) for i in range(6000)}
+    base = {f"m{i}": float(i >= 3100) for i in range(6000)}
+    res = paired_test(model, base, accuracy=True, rounds=ROUNDS, seed=0)
+    z = 200 / 6000**0.5  # (3100 − 2900)/√6000 = 2.582 → two-sided normal p ≈ 0.0098
+    assert res["test"] == "mcnemar" and res["n_pairs"] == 6000
+    assert res["p_value"] == pytest.approx(math.erfc(z / 2**0.5), rel=0.06)

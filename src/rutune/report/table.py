@@ -123,7 +123,7 @@ def item_values(col: Column, suite: SuiteResult) -> dict[str, float]:
     if col.paired == "lengths":
         return question_lengths(suite, (suite.metric(col.metric) or {}).get("unit"))
     if col.paired == "items":
-        key = col.item_field or (suite.metric(col.metric) or {}).get("item_key")
+        key = col.item_field or (metric_of(col, suite) or {}).get("item_key")
         if not key:
             return {}
         return {str(r["id"]): float(r[key]) for r in suite.items
@@ -149,9 +149,17 @@ def paired_test(model: dict[str, float], base: dict[str, float], *, accuracy: bo
     return {"p_value": res["p_value"], "test": "paired_bootstrap", "n_pairs": len(ids), "diff": diff}
 
 
+def metric_of(col: Column, suite: SuiteResult) -> dict | None:
+    """The column's metric entry; an optional suite's column falls back to the suite's first metric."""
+    entry = suite.metric(col.metric)
+    if entry is None and col in OPTIONAL_COLUMNS:
+        entry = next((e for e in suite.results["metrics"].values() if isinstance(e, dict)), None)
+    return entry
+
+
 def make_cell(col: Column, suite: SuiteResult | None, *, rounds: int, seed: int) -> Cell:
     """A cell from one suite's results (an empty cell when the suite or metric is missing)."""
-    entry = suite.metric(col.metric) if suite else None
+    entry = metric_of(col, suite) if suite else None
     if entry is None:
         return Cell()
     cell = Cell(value=_number(entry.get("value")), ci_low=_number(entry.get("ci_low")),
