@@ -97,8 +97,8 @@ def write_arena(root: Path, model: str, scores: list | None, lengths: list[int],
     folder = root / "eval" / "arena" / model
     _jsonl(folder / "answers.jsonl", [
         {"question_id": q, "answer_id": f"a{q}", "model_id": model,
-         "choices": [{"index": 0, "turns": [{"content": "ответ " * n, "token_len": None, "token_len_unit": "cl100k",
-                                             "model_token_len": n}]}]} for q, n in enumerate(lengths)])
+         "choices": [{"index": 0, "turns": [{"content": "ответ " * n, "token_len": None,
+                                             "token_len_unit": "cl100k", "model_token_len": n}]}]} for q, n in enumerate(lengths)])
     n_q = len(lengths)
     avg = {"value": sum(lengths) / n_q, "unit": "model_tokens", "n_valid": n_q, "n_total": n_q, "item_key": None}
     metrics = {"avg_tokens": avg}

@@ -77,7 +77,8 @@ def _read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (an interrupted append) is ignored, any other bad line is an error."""
+    """Rows of a JSON-lines file; a torn last line (an interrupted append) is ignored, any other bad line is an error.
+    """
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").split("\n")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from rutune.report.collect import Run
 from rutune.report.labels import short_name, source_percents
-from rutune.report.table import Table, question_lengths
+from rutune.report.table import UNIT_NAMES, Table, question_lengths
 
 DPI = 90
 
@@ -148,7 +148,7 @@ def length_histograms(table: Table, runs: list[Run]) -> Figure | None:
         mean = sum(lengths) / len(lengths)
         ax.axvline(mean, color="black", linestyle=":", label=f"mean {mean:.0f}")
         ax.set_title(label if len(label) <= 40 else label[:38] + "…", fontsize=9)
-        ax.set_xlabel(f"answer length ({unit})")
+        ax.set_xlabel(f"answer length ({UNIT_NAMES.get(unit, unit)})")
         ax.legend(fontsize=7)
     fig.suptitle("Arena answer lengths per model")
     return Figure("answer_lengths", "Answer-length histograms", _png(fig))

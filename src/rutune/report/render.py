@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from rutune.report.collect import Run
 from rutune.report.plots import Figure
 from rutune.report.sections import MixtureRow, contamination_lines, mixture_rows
-from rutune.report.table import Cell, Column, Table, uniform_unit
+from rutune.report.table import UNIT_NAMES, Cell, Column, Table, uniform_unit
 
 MARKS = {"higher": "▲", "lower": "▼"}
-UNIT_NAMES = {"cl100k": "cl100k tokens", "model_tokens": "model tokens", "chars": "chars"}
 
 
 @dataclass
@@ -55,9 +54,10 @@ def column_title(table: Table, col: Column) -> str:
 
 
 def legend(doc: Document) -> list[str]:
-    lines = [f"Cells: value [95% CI]. ▲/▼: significantly higher/lower than `{doc.baseline_label}` (two-sided p < 0.05, "
-             "paired on the items both models have: exact McNemar for 0/1 items, paired bootstrap otherwise; "
-             "Judge (LC) is not tested). (valid/total): items that failed are left out of the value. "
+    lines = [f"Cells: value [95% CI]. ▲/▼: significantly higher/lower than `{doc.baseline_label}` "
+             "(two-sided p < 0.05 on the items both models have, paired by id: exact McNemar for the accuracy "
+             "columns, paired bootstrap of the mean difference for Judge, Avg len and NLL; Judge (LC) is not "
+             "tested). (valid/total): items that failed are left out of the value. "
              "—: not evaluated."]
     fixes = sorted({c.fix for r in doc.table.rows for c in r.cells.values() if c.fix})
     lines += [f"No judge: {fix}" for fix in fixes]

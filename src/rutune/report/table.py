@@ -26,6 +26,7 @@ from rutune.report.collect import Run, SuiteResult
 from rutune.report.labels import stage_chain, assign_labels
 
 ALPHA = 0.05
+UNIT_NAMES = {"cl100k": "cl100k tokens", "model_tokens": "model tokens", "chars": "chars"}
 
 
 @dataclass(frozen=True)
