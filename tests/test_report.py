@@ -64,7 +64,7 @@ def test_markdown_cells_exact(sweep):
     assert rows[LABELS[2]][3:] == ["0.525 [0.455, 0.595]", "0.500 [0.330, 0.670] (25/30)", "0.667 [0.500, 0.830]"]
     # gm80: only ruMMLU evaluated, 6 more right (p = 0.03125: marked)
     assert rows[LABELS[3]] == ["—", "—", "—", "0.530 [0.460, 0.600] ▲", "—", "—"]
-    assert f"No judge: {JUDGE_FIX}" in sweep["md"]
+    assert f"- Judge: {JUDGE_FIX}\n" in sweep["md"]
 
 
 def test_paired_tests_by_hand(sweep):

@@ -60,7 +60,7 @@ def legend(doc: Document) -> list[str]:
              "tested). (valid/total): items that failed are left out of the value. "
              "—: not evaluated."]
     fixes = sorted({c.fix for r in doc.table.rows for c in r.cells.values() if c.fix})
-    lines += [f"No judge: {fix}" for fix in fixes]
+    lines += [f"Judge: {fix}" for fix in fixes]
     return lines + doc.table.notes
 
 
@@ -164,7 +164,8 @@ th { background: #f2f2f5; } td:first-child, th:first-child { text-align: left; }
 tr.baseline td { background: #fafae8; font-weight: 600; }
 .ci, .n { display: block; font-size: 12px; } .ci, .unit { color: #6b6b73; } .n { color: #b35c00; }
 table.results td:first-child { white-space: normal; max-width: 300px; }
-table.mixture td { text-align: left; } table.mixture td.num { text-align: right; }
+table.mixture td, table.mixture th { text-align: left; } table.mixture td.num { text-align: right; }
+table.mixture td:last-child { white-space: normal; min-width: 240px; max-width: 420px; }
 .up { color: #1a7f37; font-weight: 700; } .down { color: #c62828; font-weight: 700; }
 .note { color: #6b6b73; font-style: italic; } ul.legend { font-size: 13px; color: #444; }
 img { max-width: 100%; border: 1px solid #e0e0e5; margin: 6px 0 18px; }
