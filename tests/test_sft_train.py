@@ -148,3 +148,23 @@ def test_overlength_rows_are_dropped_and_counted(tmp_path, tiny_model_dir):
     run_training(cfg, show_progress=False)
     counts = json.loads((run.train("sft") / "data_counts.json").read_text())
     assert counts == {"kept": 40 - expected_dropped, "dropped_overlength": expected_dropped}
+
+
+def test_training_arguments_map_the_config_knobs(tmp_path):
+    from rutune.config_train import SftStage
+    from rutune.train.runtime import resolve_precision, training_arguments
+
+    stage = SftStage(recipe="sft", learning_rate=3e-5, epochs=2, per_device_batch_size=6,
+                     gradient_accumulation_steps=4, lr_scheduler="linear", warmup_ratio=0.1, weight_decay=0.01,
+                     max_grad_norm=0.5, gradient_checkpointing=True, report_to=["tensorboard"], save_steps=7)
+    args = training_arguments(stage, tmp_path, seed=9)
+    assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (3e-5, 2, 6)
+    assert args.gradient_accumulation_steps == 4 and str(args.lr_scheduler_type.value) == "linear"
+    assert args.warmup_steps == 0.1 and args.weight_decay == 0.01 and args.max_grad_norm == 0.5
+    assert args.activation_checkpointing is True and args.report_to == ["tensorboard"]
+    assert args.save_steps == 7 and args.save_total_limit is None  # rotation is done by CompletionMarker
+    assert args.seed == 9 and args.data_seed == 9 and args.remove_unused_columns is False
+    assert args.average_tokens_across_devices is True
+    expected = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    assert resolve_precision("auto") == expected and args.bf16 == (expected == "bf16")
+    assert resolve_precision("fp16") == "fp16"
