@@ -33,7 +33,7 @@ CHATML_TEMPLATE = (
 )
 
 TINY_DEFAULTS = dict(vocab_size=4096, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                     intermediate_size=128, max_position_embeddings=4096)
+                     intermediate_size=128, max_position_embeddings=8192)
 
 
 class ModelError(ValueError):

@@ -200,7 +200,7 @@ def run_report_stage(run_dirs: list[Path], out_dir: Path, cfg, force: set[str], 
         log.add("report", "skipped")
         return (read_manifest(out_dir) or {}).get("outputs", {})
     outputs = build_report([Path(d) for d in run_dirs], out_dir, baseline_label=cfg.report.baseline_label,
-                           formats=tuple(cfg.report.formats))
+                           formats=tuple(cfg.report.formats), rounds=cfg.report.bootstrap_rounds, seed=cfg.seed)
     write_manifest(out_dir, {"input_hash": h, "outputs": {k: str(v) for k, v in outputs.items()}})
     log.add("report", "done")
     return {k: str(v) for k, v in outputs.items()}
