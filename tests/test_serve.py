@@ -285,6 +285,26 @@ def test_malformed_json_is_a_400(served):
     assert r.json()["error"]["type"] == "invalid_request_error" and "not valid JSON" in r.json()["error"]["message"]
 
 
+def test_checkpoint_without_chat_template(served):
+    import copy
+    import dataclasses
+
+    ckpt = served["generator"].checkpoint
+    bare = copy.deepcopy(ckpt.tokenizer)
+    bare.chat_template = None
+    server, thread, url = _start(create_app(Generator(dataclasses.replace(ckpt, tokenizer=bare)), model_name=MODEL))
+    try:
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+        status, body = _status(lambda: c.chat.completions.create(model=MODEL, max_tokens=3,
+                                                                 messages=[{"role": "user", "content": "Привет"}]))
+        assert status == 400 and "no chat template" in body["message"]
+        r = c.completions.create(model=MODEL, prompt="Привет", max_tokens=3, temperature=0)
+        assert r.usage.completion_tokens == 3 and r.usage.prompt_tokens == len(bare("Привет")["input_ids"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_prompt_plus_max_tokens_beyond_the_window_is_rejected(served):
     ckpt = served["generator"].checkpoint
     app = create_app(served["generator"], model_name=MODEL)  # cap = the window (4096)
