@@ -340,10 +340,10 @@ def run_server(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, mo
     from rutune.serve_app import create_app
 
     api_key = api_key_for(host, api_key_env)
-    loaded = load_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
-    name = model_name or Path(loaded.path).name
     if max_tokens_cap is not None and max_tokens_cap < 1:
         raise ServeError(f"--max-tokens-cap {max_tokens_cap}: must be at least 1")
+    loaded = load_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
+    name = model_name or Path(checkpoint.rstrip("/")).name or "model"
     app = create_app(Generator(loaded), model_name=name, api_key=api_key, max_tokens_cap=max_tokens_cap)
     log(startup_line(model_name=name, checkpoint=loaded.path, host=host, port=port, api_key_env=api_key_env,
                      key_required=api_key is not None))
