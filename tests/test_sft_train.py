@@ -4,6 +4,7 @@ gradient checkpointing changes nothing numerically, the tokenised data is cached
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,24 @@ def test_training_arguments_map_the_config_knobs(tmp_path):
     expected = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     assert resolve_precision("auto") == expected and args.bf16 == (expected == "bf16")
     assert resolve_precision("fp16") == "fp16"
+
+
+@pytest.mark.slow
+def test_short_training_on_the_bundled_samples(tmp_path):
+    """The demo experiment's real bundled rows (prepared by `run_prepare`), rows over 512 tokens dropped:
+    40 steps at lr 3e-3 bring the last-5 mean loss under 85% of the first (measured 8.32 → ~6.5, 78%)."""
+    from rutune.config import load_config
+    from rutune.data.prepare import run_prepare
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "experiments" / "demo.yaml", [
+        f"output_root={tmp_path}", "data.sft.max_tokens=512", "train.stages.0.max_steps=40",
+        "train.stages.0.learning_rate=0.003", "train.stages.0.per_device_batch_size=4",
+        "train.stages.0.warmup_ratio=0.0", "train.stages.0.lr_scheduler=constant"])
+    run_prepare(cfg)
+    run_training(cfg, only=["sft"], show_progress=False)
+    run = RunDir.for_experiment(cfg.output_root, cfg.name)
+    losses = [r["loss"] for r in read_metrics(run.train("sft") / "metrics.jsonl")]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.85 * losses[0]
+    counts = json.loads((run.train("sft") / "data_counts.json").read_text())
+    assert counts["kept"] > 20 and counts["dropped_overlength"] > 0
