@@ -69,6 +69,11 @@ MARKED_TEMPLATE = (
 )
 
 
+def clock() -> float:
+    """Wall time, or this process's CPU time (`--clock cpu`: steadier when other jobs share the cores)."""
+    return time.process_time() if os.environ.get("BENCH_CLOCK") == "cpu" else time.perf_counter()
+
+
 def _timer():
     from transformers import TrainerCallback
 
@@ -77,7 +82,7 @@ def _timer():
             self.ends = []
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
+            self.ends.append(clock())
 
     return StepTimer()
 
@@ -165,7 +170,7 @@ def run_bare(model_dir, chats, steps, warmup, batch, lr, out):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ends.append(time.perf_counter())
+        ends.append(clock())
         counts.append(int(keep.sum()))
         losses.append(loss.item())
     return _summary("bare", ends, counts, losses, warmup)
@@ -220,6 +225,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: time steps by process CPU time (use with --threads 1 on a busy machine)")
     p.add_argument("--one", choices=["rutune", "bare", "trl_default", "trl_packing"])
     p.add_argument("--model-dir")
     args = p.parse_args()
@@ -239,7 +246,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", name, "--model-dir", str(model_dir), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--batch", str(args.batch), "--rows", str(args.rows),
                    "--lr", str(args.lr), "--threads", str(args.threads)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
+                   "BENCH_CLOCK": args.clock}
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -247,7 +255,7 @@ def main() -> None:
                 raise SystemExit(f"{name} failed at vocab {vocab}")
             results[name] = json.loads(line[len("RESULT "):])
         print(f"\n== vocab {vocab} (model embedding), batch {args.batch}, {args.steps} steps "
-              f"({args.warmup} untimed), {args.threads} threads")
+              f"({args.warmup} untimed), {args.threads} threads, {args.clock} clock")
         print(f"{'contender':<12} {'trained tok/s':>14} {'step s':>8} {'peak RSS MB':>12}  losses")
         for name in contenders:
             r = results[name]

@@ -171,6 +171,8 @@ def training_arguments(stage, output_dir: Path, *, seed: int, **overrides):
 
     precision = resolve_precision(stage.precision)
     report_to = list(stage.report_to) or "none"
+    if "tensorboard" in stage.report_to:  # beside the stage, not in trainer/ (which is removed when the stage ends)
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(output_dir).parent / "tensorboard"))
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=stage.learning_rate,
