@@ -99,9 +99,18 @@ class ArenaConfig(_Strict):
 
 
 class NllConfig(_Strict):
-    """Held-out mean NLL per assistant token on prepare's holdout rows."""
+    """Held-out Russian: mean NLL per assistant token on prepare's holdout rows (`data.sft.holdout_percent`), and
+    the share of Cyrillic letters in the model's answers to those rows' user prompts.
+
+    `max_tokens`: each row is cut to its first `max_tokens` tokens (the same cut for every model, so items stay
+    paired). `max_new_tokens`: answer length for the Cyrillic share; 0 skips the generations.
+    """
 
     limit: PositiveInt | None = None
+    max_tokens: PositiveInt = 1024
+    max_new_tokens: Annotated[int, Field(strict=True, ge=0)] = 64
+    batch_size: PositiveInt = 8
+    bootstrap_rounds: PositiveInt = 1000
 
 
 class EvalConfig(_Strict):
