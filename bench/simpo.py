@@ -8,11 +8,14 @@ use `templates.tokenize_pair`) train the same tiny model with the same effective
 
 * `rutune`: `simpo.build_trainer` (our Trainer subclass, `batching: prefix_shared`),
 * `trl`:    `trl.experimental.cpo.CPOTrainer(loss_type="simpo", cpo_alpha=0)`,
-* `bare`:   a plain torch loop (forward, SimPO loss, backward, clip, AdamW step) on the same prefix-shared batches,
+* `bare`:   a plain torch loop (forward, SimPO loss, backward, clip, fused AdamW step — what the Trainer uses)
+            on the same prefix-shared batches,
             pre-collated — the limit any Trainer-based recipe can approach.
 
-Each runs in its own process (so peak RSS is its own), warms up one step, then times `--steps` optimizer steps;
-pairs/s use the fastest timed step (least disturbed by other load on a shared machine), the median is shown too.
+Each runs in its own process (so peak RSS is its own), warms up one step, then times `--steps` optimizer steps.
+Per step it records wall time and the process's CPU time (all threads); both are medians over the timed steps.
+On a shared, overloaded machine wall time mostly measures waiting, so the ratios use CPU time (pairs per CPU-second);
+on an idle machine the two agree (wall ≈ CPU / threads) and the wall ratios are printed beside them.
 The first step's loss is printed for each (same data order, same initial weights, so they must agree).
 Prints pairs/s, ratios and peak RSS; the last line is `ratio: X` = the smaller of the two rutune/TRL ratios.
 """
@@ -60,10 +63,10 @@ def make_pairs(tok, shape: str, n: int, seed: int = 0) -> list[dict]:
 
 
 class StepClock:
-    """Wall time of each optimizer step (callback), and the loss of the first one."""
+    """Wall and process CPU time of each optimizer step (a Trainer callback)."""
 
     def __init__(self):
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []
         self._t = None
 
     def callback(self):
@@ -73,10 +76,10 @@ class StepClock:
 
         class _Cb(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
-                clock._t = time.perf_counter()
+                clock._t = (time.perf_counter(), time.process_time())
 
             def on_step_end(self, args, state, control, **kwargs):
-                clock.times.append(time.perf_counter() - clock._t)
+                clock.times.append((time.perf_counter() - clock._t[0], time.process_time() - clock._t[1]))
 
         return _Cb()
 
@@ -161,10 +164,10 @@ def worker_bare(tok, model_dir, rows, batch, steps):
                for k in range(0, batch * (steps + 1), batch)]
     model = _load(model_dir)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)  # the Trainer's default optimizer
     times, first = [], None
     for b in batches:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
                     use_cache=False, logits_to_keep=b["logits_to_keep"])
         n = b["num_pairs"]
@@ -174,7 +177,7 @@ def worker_bare(tok, model_dir, rows, batch, steps):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t, time.process_time() - c))
         first = loss.item() if first is None else first
     return times, first
 
@@ -191,12 +194,13 @@ def run_worker(kind: str, shape: str, n_pairs: int, batch: int, steps: int) -> d
     rows = make_pairs(tok, shape, n_pairs)
     fn = {"rutune": worker_rutune, "trl": worker_trl, "bare": worker_bare}[kind]
     times, first_loss = fn(tok, model_dir, rows, batch, steps)
-    timed = sorted(times[1:])  # the first step warms up allocators and kernels
-    # the fastest step is the one least disturbed by other load on a shared machine; the median is printed too
-    step_s = timed[0]
-    return {"kind": kind, "shape": shape, "step_s": step_s, "median_step_s": timed[len(timed) // 2],
-            "pairs_per_s": batch / step_s, "first_loss": first_loss, "peak_rss_mib": _peak_rss_mib(),
-            "steps_timed": len(timed)}
+    timed = times[1:]  # the first step warms up allocators and kernels
+    wall = sorted(t for t, _ in timed)
+    cpu = sorted(c for _, c in timed)
+    return {"kind": kind, "shape": shape, "wall_s": wall[len(wall) // 2], "wall_min_s": wall[0],
+            "cpu_s": cpu[len(cpu) // 2], "pairs_per_s": batch / wall[len(wall) // 2],
+            "pairs_per_cpu_s": batch / cpu[len(cpu) // 2], "first_loss": first_loss,
+            "peak_rss_mib": _peak_rss_mib(), "steps_timed": len(timed)}
 
 
 def main() -> None:
@@ -224,15 +228,16 @@ def main() -> None:
                 sys.exit(f"{kind}/{shape} failed:\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             results[(shape, kind)] = res
-            print(f"{shape:5s} {kind:7s} {res['pairs_per_s']:8.2f} pairs/s  step {res['step_s']:.3f} s "
-                  f"(median {res['median_step_s']:.3f} s)  "
+            print(f"{shape:5s} {kind:7s} {res['pairs_per_s']:7.2f} pairs/s  {res['pairs_per_cpu_s']:7.2f} pairs/CPU-s  "
+                  f"step wall {res['wall_s']:.3f} s (min {res['wall_min_s']:.3f}) CPU {res['cpu_s']:.3f} s  "
                   f"first loss {res['first_loss']:.6f}  peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
     ratios = []
     for shape in a.shapes:
         ours, trl, bare = (results[(shape, k)] for k in ("rutune", "trl", "bare"))
-        ratio = ours["pairs_per_s"] / trl["pairs_per_s"]
+        ratio = ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"]
         ratios.append(ratio)
-        print(f"{shape}: rutune/TRL pairs/s {ratio:.2f}x · rutune step / bare step {ours['step_s'] / bare['step_s']:.3f}"
+        print(f"{shape}: rutune/TRL pairs per CPU-s {ratio:.2f}x (wall {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x)"
+              f" · rutune step / bare step CPU {ours['cpu_s'] / bare['cpu_s']:.3f} (wall {ours['wall_s'] / bare['wall_s']:.3f})"
               f" · first-loss |diff| vs TRL {abs(ours['first_loss'] - trl['first_loss']):.2e}"
               f" · peak RSS rutune {ours['peak_rss_mib']:.0f} MiB vs TRL {trl['peak_rss_mib']:.0f} MiB")
     print(f"ratio: {min(ratios):.2f}")
