@@ -187,3 +187,26 @@ def test_prefix_shared_refuses_flash_attention(tmp_path):
     cfg = simpo_config(tmp_path, base_model={"path": "tiny", "attn_implementation": "flash_attention_2"})
     with pytest.raises(TrainError, match="batching: concat"):
         _run(cfg, make_pairs(2))
+
+
+@pytest.mark.slow
+def test_bundled_saiga_pairs_through_prepare_and_simpo(tmp_path):
+    """The bundled saiga_preferences sample (hub schema) → prepare → simpo: the tiny model learns to rank them."""
+    from rutune.data.prepare import run_prepare
+    from rutune.train import simpo
+
+    cfg = parse_config({
+        "name": "b", "output_root": str(tmp_path), "seed": 7,
+        "data": {"preference": {"sources": [{"name": "saiga_preferences", "percent": 100}], "max_tokens": 1024}},
+        "train": {"stages": [{"recipe": "simpo", "init_from": "base", "learning_rate": 2e-3, "max_steps": 24,
+                              "per_device_batch_size": 8, "warmup_ratio": 0.0, "lr_scheduler": "constant",
+                              "save_steps": 1000, "precision": "fp32", "logging_steps": 3}]}})
+    run_prepare(cfg)
+    run = RunDir.for_experiment(cfg.output_root, cfg.name)
+    simpo.run_stage(cfg, cfg.train.stages[0], run, show_progress=False)
+    rows = _metrics(run)
+    gamma = cfg.train.stages[0].gamma
+    assert rows[0]["rewards/margin"] < gamma
+    assert rows[-1]["rewards/accuracy"] >= 0.9 and rows[-1]["rewards/margin"] > gamma
+    counts = json.loads((run.train("simpo") / "data_counts.json").read_text())
+    assert counts["kept"] > 40  # the prepare stage's filters leave ~51 of the 72 rows
