@@ -50,7 +50,8 @@ COLUMNS = (
     Column("qa1", "QA1", "babilong", "qa1", 3, "items", accuracy=True, task="qa1", item_field="score"),
     Column("qa2", "QA2", "babilong", "qa2", 3, "items", accuracy=True, task="qa2", item_field="score"),
 )
-OPTIONAL_COLUMNS = (Column("nll", "Held-out NLL", "nll", "nll", 3, "items"),)
+OPTIONAL_COLUMNS = (Column("cyrillic", "Cyrillic share", "nll", "cyrillic_share", 3, "items"),
+                    Column("nll", "Held-out NLL", "nll", "nll_per_token", 3, "items"))
 
 
 @dataclass
@@ -153,7 +154,7 @@ def paired_test(model: dict[str, float], base: dict[str, float], *, accuracy: bo
 def metric_of(col: Column, suite: SuiteResult) -> dict | None:
     """The column's metric entry; an optional suite's column falls back to the suite's first metric."""
     entry = suite.metric(col.metric)
-    if entry is None and col in OPTIONAL_COLUMNS:
+    if entry is None and col.key == "nll":
         entry = next((e for e in suite.results["metrics"].values() if isinstance(e, dict)), None)
     return entry
 
