@@ -1,7 +1,8 @@
-"""Bad input to `rutune validate` / `rutune prepare`: one line naming file/row/YAML path, or a counted skip.
+"""Bad input across the CLI — configs, data, checkpoints, judge profiles, eval data, serve requests — in one table.
 
-Each case runs the real CLI in-process. Errors must be one line, exit code 2, no traceback, and no
-prepared output or manifest left behind.
+Each ends in one line naming the file, row or YAML path (exit code 2, no traceback), a counted skip, or an
+OpenAI-style 4xx from the server. CLI cases run the real CLI in-process; prepare cases also check that no
+prepared output or manifest is left behind.
 """
 
 import json
@@ -154,3 +155,123 @@ def test_broken_rag_documents_and_bad_pairs_are_counted(tmp_path):
         "invalid: last turn is 'assistant'; expected 'user'": 1,
         "invalid: rejected is empty": 1,
     }
+
+
+# ---------------------------------------------------------------- training, checkpoints, eval, judge, sweep
+TRAIN_BASE = """
+name: bad
+output_root: {root}
+data:
+  sft:
+    sources: [{{name: saiga_scored, percent: 10}}]
+train:
+  stages:
+    - {stage}
+"""
+
+
+def train_config(tmp_path, stage="{recipe: sft}"):
+    p = tmp_path / "train.yaml"
+    p.write_text(TRAIN_BASE.format(root=tmp_path / "runs", stage=stage), encoding="utf-8")
+    return p
+
+
+def no_template_model(tmp_path):
+    from rutune.models import tiny_model_path
+
+    folder = tmp_path / "notemplate"
+    folder.mkdir()
+    for f in tiny_model_path().iterdir():
+        if f.name != "chat_template.jinja":
+            (folder / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def mmlu_three_options(tmp_path):
+    from rutune.data.sources import SAMPLES
+
+    row = json.loads((SAMPLES / "rummlu_mera.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    del row["inputs"]["option_d"]
+    return write_jsonl(tmp_path / "m3.jsonl", [row])
+
+
+CLI_CASES = {
+    "train without prepared data": (lambda t: ["train", train_config(t)], ["prepared SFT data not found; run `rutune prepare CONFIG` first"]),
+    "train init_from unknown stage": (lambda t: ["train", train_config(t, "{recipe: sft, init_from: sfft}")],
+                                      ["init_from: unknown stage 'sfft'"]),
+    "negative learning rate": (lambda t: ["validate", train_config(t, "{recipe: sft, learning_rate: -1.0e-5}")],
+                               ["train.stages.0.learning_rate: Input should be greater than 0"]),
+    "zero batch": (lambda t: ["validate", train_config(t, "{recipe: sft, per_device_batch_size: 0}")],
+                   ["train.stages.0.per_device_batch_size: Input should be greater than 0"]),
+    "simpo beta not positive": (lambda t: ["validate", train_config(t, "{recipe: simpo, init_from: base, beta: 0.0}")],
+                                ["train.stages.0.beta: Input should be greater than 0"]),
+    "unknown recipe": (lambda t: ["validate", train_config(t, "{recipe: dpo}")], ["train.stages.0: unknown name"]),
+    "eval model folder missing": (lambda t: ["eval", "mmlu", "--model", t / "absent-model"], ["absent-model: folder not found"]),
+    "serve checkpoint missing": (lambda t: ["serve", t / "absent-ckpt"], ["absent-ckpt: folder not found"]),
+    "serve public host without key": (lambda t: ["serve", "tiny", "--host", "0.0.0.0", "--api-key-env", "RUTUNE_TEST_UNSET_KEY"],
+                                      ["an API key is required: set the environment variable RUTUNE_TEST_UNSET_KEY"]),
+    "chat template requested but absent": (lambda t: ["eval", "babilong", "--model", no_template_model(t), "--lengths", "1k",
+                                                      "--samples", "1"], ["its tokenizer has no chat template"]),
+    "mmlu question with 3 options": (lambda t: ["eval", "mmlu", "--model", "tiny", "--data", mmlu_three_options(t)],
+                                     ["m3.jsonl:1: a question needs 4 options (option_a..option_d), found 3"]),
+    "babilong bad length": (lambda t: ["eval", "babilong", "--model", "tiny", "--lengths", "4q"], ["length '4q': expected e.g. 4k or 512"]),
+    "judge profile missing": (lambda t: ["eval", "arena", "--model", "tiny", "--judge", t / "nojudge.yaml"], ["nojudge.yaml: file not found"]),
+    "judge profile unknown key": (lambda t: ["eval", "arena", "--model", "tiny", "--judge",
+                                             _text(t / "j.yaml", "base_url: http://h/v1\nmodel: m\nbogus: 1\n")], ["j.yaml: bogus: unknown key"]),
+    "arena with neither model nor answers": (lambda t: ["eval", "arena"], ["give --model PATH"]),
+    "sweep grid unknown key": (lambda t: ["sweep", _text(t / "g.yaml", "base: x.yaml\nvariantz: {}\n"), "--dry-run"], ["variantz: unknown key"]),
+    "report on a folder with no runs": (lambda t: ["report", _dir(t / "empty-run"), "--out", t / "rep"], ["empty-run"]),
+    "eval.models names no stage": (lambda t: ["run", _text(t / "m.yaml", "name: m\noutput_root: " + str(t / "runs") +
+                                                             "\ndata: {}\neval:\n  models: [sftt]\n")],
+                                   ["eval.models.0: 'sftt' is not `base`, a train stage"]),
+}
+
+
+def _text(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_cli_bad_input_is_one_line(tmp_path, case, monkeypatch):
+    monkeypatch.delenv("RUTUNE_TEST_UNSET_KEY", raising=False)
+    make, needles = CLI_CASES[case]
+    one_error(*run_cli(*make(tmp_path)), *needles)
+
+
+# ---------------------------------------------------------------- serve requests: OpenAI-style 4xx
+@pytest.fixture(scope="module")
+def served():
+    from fastapi.testclient import TestClient
+
+    from rutune.serve import Generator, load_checkpoint
+    from rutune.serve_app import create_app
+
+    app_ = create_app(Generator(load_checkpoint("tiny")), model_name="tiny", max_tokens_cap=64)
+    with TestClient(app_) as client:
+        yield client
+
+
+SERVE_CASES = {
+    "unknown model": ({"model": "gpt-x", "messages": [{"role": "user", "content": "Привет"}]}, 404),
+    "empty messages": ({"model": "tiny", "messages": []}, 400),
+    "oversized max_tokens": ({"model": "tiny", "messages": [{"role": "user", "content": "Привет"}], "max_tokens": 10**6}, 400),
+    "bad role": ({"model": "tiny", "messages": [{"role": "wizard", "content": "Привет"}]}, 400),
+    "n above 1": ({"model": "tiny", "messages": [{"role": "user", "content": "Привет"}], "n": 2}, 400),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVE_CASES))
+def test_serve_bad_request_is_openai_style(served, case):
+    body, status = SERVE_CASES[case]
+    r = served.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and "\n" not in err["message"] and err["type"]
+
+
+def test_the_table_has_at_least_30_cases():
+    assert len(ERROR_CASES) + 3 + len(SKIP_ROWS) + len(CLI_CASES) + len(SERVE_CASES) >= 30
