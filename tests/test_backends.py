@@ -138,3 +138,30 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir):
         pytest.skip("vLLM is installed here")
     with pytest.raises(EvalError, match="needs vLLM"):
         make_backend(BackendConfig(kind="vllm"), str(tiny_model_dir))
+
+
+def random_pairs(n: int, seed: int = 0) -> list[LoglikelihoodRequest]:
+    import random
+
+    from rutune.eval.babilong_gen import filler_sentence
+
+    rng = random.Random(seed)
+    ends = ["Ответ:", "Ответ: ", "x^2?", "1234", "слово", "слово ", "\n", "A)", "«тест»", "ёжик", " ", "don't"]
+    conts = [" A", " B", "A", "Москва", " 42", "123", "\nD", " «да»", "ё", ".", "  x", "'s", "t"]
+    return [LoglikelihoodRequest(" ".join(filler_sentence(rng) for _ in range(rng.randint(1, 8))) + rng.choice(ends),
+                                 rng.choice(conts)) for _ in range(n)]
+
+
+def test_fast_pair_tokenisation_equals_joint_tokenisation(backend, qwen_tokenizer):
+    """The tail-only re-tokenisation gives exactly lm-eval's split, for the tiny and the real Qwen vocabulary."""
+    from rutune.eval.backends import encode_pair
+
+    reqs = random_pairs(300)
+    tiny = backend.tokenizer
+    try:
+        for tok in (tiny, qwen_tokenizer):
+            backend.tokenizer = tok
+            fast = backend._encode_pairs(reqs)
+            assert fast == [encode_pair(tok, r.context, r.continuation) for r in reqs]
+    finally:
+        backend.tokenizer = tiny

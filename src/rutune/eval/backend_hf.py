@@ -23,6 +23,9 @@ from rutune.eval.backends import (GenerationRequest, GenerationResult, Loglikeli
 from rutune.eval.errors import EvalError
 
 
+TAIL_TOKENS = 16  # context tokens re-tokenised with each continuation (see HFBackend._encode_pairs)
+
+
 def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
 
@@ -167,16 +170,42 @@ class HFBackend:
         return encode_pair(self.tokenizer, context, continuation)
 
     def _encode_pairs(self, requests: list[LoglikelihoodRequest]) -> list[tuple[list[int], list[int]]]:
-        """`encode_pair` for many requests, each distinct context tokenised once, in batched tokenizer calls."""
+        """`encode_pair` for many requests: the same tokens, at about one tokenisation of each context.
+
+        A fast tokenizer with a pre-tokenizer (byte-level BPE: Qwen, Llama 3, the tiny model) splits text into
+        pieces that are tokenised independently, so appending a continuation can only change the last
+        pieces. Each context is tokenised once; each pair then re-tokenises only the context's last
+        `TAIL_TOKENS` tokens plus the continuation. The split point is checked per context (its tail must
+        tokenise alone exactly as inside the whole context); a context that fails the check, or a tokenizer
+        without a pre-tokenizer, takes the plain path (context‖continuation tokenised as one string).
+        """
         pairs = []
         for i, r in enumerate(requests):
             if not r.context.strip():
                 raise EvalError(f"log-likelihood request {i}: empty context")
             pairs.append(split_pair(r.context, r.continuation))
         contexts = list(dict.fromkeys(c for c, _ in pairs))
-        n_context = dict(zip(contexts, map(len, self.tokenizer(contexts, add_special_tokens=False)["input_ids"])))
-        wholes = self.tokenizer([c + k for c, k in pairs], add_special_tokens=False)["input_ids"]
-        return [(whole[: n_context[c]], whole[n_context[c]:]) for (c, _), whole in zip(pairs, wholes)]
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is None or backend.pre_tokenizer is None:
+            n_context = dict(zip(contexts, map(len, tok(contexts, add_special_tokens=False)["input_ids"])))
+            wholes = tok([c + k for c, k in pairs], add_special_tokens=False)["input_ids"]
+            return [(w[: n_context[c]], w[n_context[c]:]) for (c, _), w in zip(pairs, wholes)]
+        enc = tok(contexts, add_special_tokens=False, return_offsets_mapping=True)
+        split = {}  # context → (its tokens, tail start token, tail start char)
+        for c, ids, offsets in zip(contexts, enc["input_ids"], enc["offset_mapping"]):
+            j = max(0, len(ids) - TAIL_TOKENS)
+            split[c] = (ids, j, offsets[j - 1][1] if j > 0 else 0)
+        tails = tok([c[split[c][2]:] for c in contexts], add_special_tokens=False)["input_ids"]
+        clean = {c for c, tail in zip(contexts, tails) if tail == split[c][0][split[c][1]:]}
+        short = tok([c[split[c][2]:] + k if c in clean else c + k for c, k in pairs],
+                    add_special_tokens=False)["input_ids"]
+        out = []
+        for (c, _), piece in zip(pairs, short):
+            ids, j, _ = split[c]
+            whole = ids[:j] + piece if c in clean else piece
+            out.append((whole[: len(ids)], whole[len(ids):]))
+        return out
 
     def _groups(self, requests: list[LoglikelihoodRequest]) -> list[_Group]:
         by_context: dict[str, list[_Group]] = {}
