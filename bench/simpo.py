@@ -9,8 +9,8 @@ use `templates.tokenize_pair`) train the same tiny model with the same effective
 * `rutune`: `simpo.build_trainer` (our Trainer subclass, `batching: prefix_shared`),
 * `trl`:    `trl.experimental.cpo.CPOTrainer(loss_type="simpo", cpo_alpha=0)`,
 * `bare`:   a plain torch loop (forward, SimPO loss, backward, clip, fused AdamW step — what the Trainer uses)
-            on the same prefix-shared batches,
-            pre-collated — the limit any Trainer-based recipe can approach.
+            on the same prefix-shared batches, collated outside the timer — the limit a Trainer-based recipe can
+            approach (rutune's step includes its collation).
 
 Each runs in its own process (so peak RSS is its own), warms up one step, then times `--steps` optimizer steps.
 Per step it records wall time and the process's CPU time (all threads); both are medians over the timed steps.
@@ -160,13 +160,12 @@ def worker_bare(tok, model_dir, rows, batch, steps):
     pairs = _tokenized(tok, rows)
     g = torch.Generator().manual_seed(42)
     order = torch.randperm(len(pairs), generator=g).tolist()
-    batches = [collate_prefix_shared([pairs[i] for i in order[k:k + batch]], pad_id=tok.pad_token_id)
-               for k in range(0, batch * (steps + 1), batch)]
     model = _load(model_dir)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)  # the Trainer's default optimizer
     times, first = [], None
-    for b in batches:
+    for k in range(0, batch * (steps + 1), batch):
+        b = collate_prefix_shared([pairs[i] for i in order[k:k + batch]], pad_id=tok.pad_token_id)  # not timed
         t, c = time.perf_counter(), time.process_time()
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
                     use_cache=False, logits_to_keep=b["logits_to_keep"])
