@@ -190,3 +190,22 @@ def test_short_training_on_the_bundled_samples(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.85 * losses[0]
     counts = json.loads((run.train("sft") / "data_counts.json").read_text())
     assert counts["kept"] > 20 and counts["dropped_overlength"] > 0
+
+
+def test_gradient_accumulation_keeps_the_global_token_weighted_loss(tmp_path):
+    """4 sequences × 1 micro-batch vs 2 × 2 accumulated: the same global batches, so the same losses and weights —
+    only true when every micro-batch is divided by the trained tokens of the whole accumulated batch."""
+    runs = []
+    for name, per_device, accumulation in (("ga1", 4, 1), ("ga2", 2, 2)):
+        cfg = sft_config(tmp_path, name=name, stage={"max_steps": 4, "per_device_batch_size": per_device,
+                                                     "gradient_accumulation_steps": accumulation})
+        run = RunDir.for_experiment(cfg.output_root, cfg.name)
+        write_prepared(run.root, make_rows(32, seed=4))
+        run_training(cfg, show_progress=False)
+        runs.append(run)
+    one, two = (read_metrics(r.train("sft") / "metrics.jsonl") for r in runs)
+    assert [r["trained_tokens"] for r in one] == [r["trained_tokens"] for r in two]
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-5)
+    a, b = _tensors(runs[0].checkpoint("sft")), _tensors(runs[1].checkpoint("sft"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
