@@ -209,3 +209,28 @@ def test_gradient_accumulation_keeps_the_global_token_weighted_loss(tmp_path):
     a, b = _tensors(runs[0].checkpoint("sft")), _tensors(runs[1].checkpoint("sft"))
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_init_from_chains_stages_and_upstream_changes_propagate(tmp_path):
+    from rutune.config import parse_config
+    from rutune.train.stages import stage_input_hash
+
+    base = sft_config(tmp_path, stage={"max_steps": 2}).model_dump(mode="json")
+    base["train"]["stages"].append({**base["train"]["stages"][0], "name": "sft2", "init_from": "sft"})
+    cfg = parse_config(base)
+    run = RunDir.for_experiment(cfg.output_root, cfg.name)
+    write_prepared(run.root, make_rows(16, seed=6))
+    first, second = run_training(cfg, show_progress=False)
+    meta2 = json.loads((second / "meta.json").read_text())
+    assert meta2["init_path"] == str(first) and meta2["init_from"] == "sft"
+    w1, w2 = _tensors(first), _tensors(second)
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # sft2 trained further from sft's weights
+    h2 = stage_input_hash(cfg, cfg.train.stages[1], run)
+
+    base["train"]["stages"][0]["learning_rate"] = 5e-4  # change only the first stage
+    cfg_b = parse_config(base)
+    assert stage_input_hash(cfg_b, cfg_b.train.stages[0], run) != stage_input_hash(cfg, cfg.train.stages[0], run)
+    run_training(cfg_b, show_progress=False)
+    assert stage_input_hash(cfg_b, cfg_b.train.stages[1], run) != h2  # sft2 reran on the new sft checkpoint
+    assert json.loads((run.train("sft2") / "manifest.json").read_text())["input_hash"] == \
+        stage_input_hash(cfg_b, cfg_b.train.stages[1], run)
