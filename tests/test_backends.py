@@ -157,7 +157,11 @@ def test_fast_pair_tokenisation_equals_joint_tokenisation(backend, qwen_tokenize
     from rutune.eval.backends import encode_pair
 
     reqs = random_pairs(300)
+    chat = [{"role": "user", "content": "Вопрос?\nA) да\nB) нет"}]
     tiny = backend.tokenizer
+    for tok in (tiny, qwen_tokenizer):  # chat-rendered contexts: special tokens inside the context
+        rendered = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        reqs += [LoglikelihoodRequest(rendered + "Ответ:", " " + x) for x in "AB"]
     try:
         for tok in (tiny, qwen_tokenizer):
             backend.tokenizer = tok

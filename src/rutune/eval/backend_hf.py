@@ -191,15 +191,17 @@ class HFBackend:
             n_context = dict(zip(contexts, map(len, tok(contexts, add_special_tokens=False)["input_ids"])))
             wholes = tok([c + k for c, k in pairs], add_special_tokens=False)["input_ids"]
             return [(w[: n_context[c]], w[n_context[c]:]) for (c, _), w in zip(pairs, wholes)]
-        enc = tok(contexts, add_special_tokens=False, return_offsets_mapping=True)
+        # The Rust tokenizer directly: same tokens as `tok(...)`, without building Python offset lists.
+        encodings = backend.encode_batch(contexts, add_special_tokens=False)
         split = {}  # context → (its tokens, tail start token, tail start char)
-        for c, ids, offsets in zip(contexts, enc["input_ids"], enc["offset_mapping"]):
+        for c, enc in zip(contexts, encodings):
+            ids = enc.ids
             j = max(0, len(ids) - TAIL_TOKENS)
-            split[c] = (ids, j, offsets[j - 1][1] if j > 0 else 0)
-        tails = tok([c[split[c][2]:] for c in contexts], add_special_tokens=False)["input_ids"]
+            split[c] = (ids, j, enc.token_to_chars(j - 1)[1] if j > 0 else 0)
+        tails = [e.ids for e in backend.encode_batch([c[split[c][2]:] for c in contexts], add_special_tokens=False)]
         clean = {c for c, tail in zip(contexts, tails) if tail == split[c][0][split[c][1]:]}
-        short = tok([c[split[c][2]:] + k if c in clean else c + k for c, k in pairs],
-                    add_special_tokens=False)["input_ids"]
+        short = [e.ids for e in backend.encode_batch([c[split[c][2]:] + k if c in clean else c + k for c, k in pairs],
+                                                     add_special_tokens=False)]
         out = []
         for (c, _), piece in zip(pairs, short):
             ids, j, _ = split[c]
