@@ -234,3 +234,15 @@ def test_init_from_chains_stages_and_upstream_changes_propagate(tmp_path):
     assert stage_input_hash(cfg_b, cfg_b.train.stages[1], run) != h2  # sft2 reran on the new sft checkpoint
     assert json.loads((run.train("sft2") / "manifest.json").read_text())["input_hash"] == \
         stage_input_hash(cfg_b, cfg_b.train.stages[1], run)
+
+
+def test_padded_batches_train_exactly_like_packed_ones(tmp_path):
+    """`packing: false` (right-padded rows with an attention mask) is the same maths, only slower."""
+    losses = {}
+    for packing in (True, False):
+        cfg = sft_config(tmp_path, name=f"p{int(packing)}", stage={"max_steps": 3, "packing": packing})
+        run = RunDir.for_experiment(cfg.output_root, cfg.name)
+        write_prepared(run.root, make_rows(16, seed=8))
+        run_training(cfg, show_progress=False)
+        losses[packing] = [r["loss"] for r in read_metrics(run.train("sft") / "metrics.jsonl")]
+    assert losses[False] == pytest.approx(losses[True], abs=1e-5)
