@@ -2,7 +2,7 @@
 
 Each length runs in a fresh process (so peak RSS is that item's), on a tiny model whose
 `max_position_embeddings` is raised to fit 32k plus the instruction. One generated QA1 item per length,
-greedy, 16 new tokens, hf backend, no chat template. Prints per-length numbers and the growth exponents
+greedy, 16 new tokens, hf backend, no chat template. Prints per-length numbers (CPU seconds on one thread: the machine is shared) and the growth exponents
 between neighbouring lengths (time ∝ L^a, extra memory ∝ L^b). Goal: b ≤ 1 (memory at most linear) and
 32k inside 24 GiB.
 
@@ -39,18 +39,18 @@ def child(model_dir: str, length: str, threads: int) -> None:
     n_tokens = len(backend.prompt_ids(GenerationRequest(prompt=prompt)))
     backend.generate([GenerationRequest(prompt=prompt[:200], max_new_tokens=2)])  # warm-up: kernels, caches
     base_mib = psutil.Process().memory_info().rss / 2**20
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     out = backend.generate([GenerationRequest(prompt=prompt, max_new_tokens=16)])[0]
-    seconds = time.perf_counter() - t
+    seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - cpu
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"length": length, "tokens": n_tokens, "seconds": seconds, "peak_mib": peak_mib,
+    print(json.dumps({"length": length, "tokens": n_tokens, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mib": peak_mib,
                       "base_mib": base_mib, "new_tokens": out.n_tokens}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", nargs="+", default=["1k", "2k", "4k", "8k", "16k", "32k"])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="1 keeps CPU time honest (no OpenMP spin-waits).")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "LENGTH"))
     args = ap.parse_args()
     if args.child:
@@ -73,12 +73,12 @@ def main() -> None:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             row["extra_mib"] = row["peak_mib"] - row["base_mib"]
             rows.append(row)
-            print(f"{length:>4}: {row['tokens']:>6} prompt tokens | {row['seconds']:7.2f} s | peak RSS "
+            print(f"{length:>4}: {row['tokens']:>6} prompt tokens | {row['cpu_seconds']:7.2f} CPU s ({row['seconds']:.2f} wall) | peak RSS "
                   f"{row['peak_mib']:7.0f} MiB (+{row['extra_mib']:.0f} MiB over the loaded model)", flush=True)
-    print("growth exponents between neighbouring lengths (time, extra memory):")
+    print("growth exponents between neighbouring lengths (CPU time, extra memory):")
     for a, b in zip(rows, rows[1:]):
         ratio = math.log(b["tokens"] / a["tokens"])
-        t_exp = math.log(b["seconds"] / a["seconds"]) / ratio
+        t_exp = math.log(b["cpu_seconds"] / a["cpu_seconds"]) / ratio
         m_exp = math.log(max(b["extra_mib"], 1) / max(a["extra_mib"], 1)) / ratio
         print(f"  {a['length']:>4} → {b['length']:<4}: time L^{t_exp:.2f}, memory L^{m_exp:.2f}")
 
