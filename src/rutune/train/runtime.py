@@ -5,28 +5,25 @@ A recipe (`sft.run_stage`, `simpo.run_stage`) is: check inputs (`check_stage`, `
 → build its dataset → `load_stage_model` (+ `apply_lora`) → a `RecipeTrainer` subclass with `training_arguments(...)`
 and `stage_callbacks(...)` → `train_resumable(trainer, paths)` → `save_final_checkpoint(...)` → `plot_loss_curve(...)`.
 
-Crash safety. The Trainer writes `trainer/checkpoint-N/` every `save_steps`; `CompletionMarker` drops a `COMPLETE`
-file into it only after the Trainer has finished writing it (model, optimizer, scheduler, RNG, trainer state), and
-older checkpoints are rotated away only after the newer one is complete. On restart `latest_good_checkpoint`
-ignores (and removes) any folder without the marker, so a SIGKILL during a save falls back to the previous complete
-checkpoint. The final HF checkpoint is written into a temp folder and renamed into place.
+Crash safety (complete-marked intermediate checkpoints, atomic final checkpoint) lives in
+`rutune.train.checkpoints`; its public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rutune.rundir import RunDir, read_manifest, write_json_atomic, write_text_atomic
+from rutune.rundir import RunDir, read_manifest
+from rutune.train.checkpoints import (COMPLETE, CompletionMarker, latest_good_checkpoint, save_final_checkpoint,
+                                      train_resumable, truncate_metrics)
 from rutune.train.errors import TrainError
 
-COMPLETE = "COMPLETE"
 METRICS = "metrics.jsonl"
 
 
@@ -310,80 +307,9 @@ class MetricsLogger(_callback_base()):
             self._progress = None
 
 
-class CompletionMarker(_callback_base()):
-    """After the Trainer has fully written `checkpoint-N/`, mark it complete, then keep only the newest `keep`
-    complete checkpoints (see the module docstring): an older one is deleted only once a newer one is complete."""
-
-    def __init__(self, keep: int = 2):
-        self.keep = max(1, keep)
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not folder.is_dir():
-            return
-        write_text_atomic(folder / COMPLETE, f"{state.global_step}\n")
-        done = sorted((int(p.name.removeprefix("checkpoint-")), p) for p in Path(args.output_dir).glob("checkpoint-*")
-                      if p.name.removeprefix("checkpoint-").isdigit() and (p / COMPLETE).exists())
-        for _, old in done[: -self.keep]:
-            (old / COMPLETE).unlink()  # unmark first: a kill mid-delete leaves an ignored folder, not a broken one
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def stage_callbacks(paths: StagePaths, *, show_progress: bool = True, label: str = "train", keep: int = 2) -> list:
     """Metrics JSONL + progress bar, and checkpoint completion/rotation (`keep` = the stage's save_total_limit)."""
     return [MetricsLogger(paths.metrics, show_progress=show_progress, label=label), CompletionMarker(keep)]
-
-
-# ---------------------------------------------------------------- resume
-def latest_good_checkpoint(trainer_dir: Path, *, remove_incomplete: bool = True) -> Path | None:
-    """The newest `checkpoint-N/` with a COMPLETE marker; incomplete ones (a kill during save) are removed."""
-    trainer_dir = Path(trainer_dir)
-    if not trainer_dir.is_dir():
-        return None
-    found = []
-    for folder in trainer_dir.glob("checkpoint-*"):
-        step = folder.name.removeprefix("checkpoint-")
-        if not step.isdigit():
-            continue
-        if (folder / COMPLETE).exists():
-            found.append((int(step), folder))
-        elif remove_incomplete:
-            shutil.rmtree(folder, ignore_errors=True)
-    return max(found)[1] if found else None
-
-
-def truncate_metrics(path: Path, max_step: int) -> None:
-    """Drop metric lines past the resumed step (they are logged again by the resumed run)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= max_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    write_text_atomic(path, "".join(f"{line}\n" for line in keep))
-
-
-def train_resumable(trainer, paths: StagePaths):
-    """`trainer.train()`, resuming from the last complete intermediate checkpoint when there is one."""
-    resume = None
-    if trainer.is_world_process_zero():
-        resume = latest_good_checkpoint(paths.trainer_dir)
-    if trainer.args.world_size > 1:
-        from accelerate.utils import broadcast_object_list
-
-        shared = broadcast_object_list([str(resume) if resume else ""], from_process=0)[0]
-        resume = Path(shared) if shared else None
-    if resume is not None:
-        if trainer.is_world_process_zero():
-            truncate_metrics(paths.metrics, int(resume.name.removeprefix("checkpoint-")))
-    elif trainer.is_world_process_zero() and paths.metrics.exists():
-        paths.metrics.unlink()
-    return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
 
 # ---------------------------------------------------------------- outputs
@@ -410,65 +336,6 @@ def stage_meta(cfg, stage, *, init_path: str, data_manifest_hash: str | None, ex
         "versions": library_versions(),
         **(extra or {}),
     }
-
-
-def save_final_checkpoint(trainer, tokenizer, out_dir: Path, meta: dict, *, init_path: str,
-                          merge_lora: bool = True) -> Path:
-    """Write the stage's HF checkpoint atomically: safetensors weights, tokenizer with its chat template, meta.json.
-
-    LoRA: with `merge_lora` the adapter is merged into a fresh copy of the starting weights (works the same whether
-    the trained model was sharded by ZeRO-3/FSDP or not); otherwise the adapter folder is saved, which
-    `AutoModelForCausalLM.from_pretrained` also loads when peft is installed.
-    """
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.writing")
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))  # collective: gathers sharded weights
-    if trainer.is_world_process_zero():
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        is_peft = hasattr(unwrapped, "peft_config")
-        if is_peft and merge_lora:
-            _merge_adapter_into(tmp, init_path)
-        # training-time settings that must not leak into inference
-        cfg_path = tmp / "config.json"
-        if cfg_path.exists():
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-            config["use_cache"] = True
-            write_json_atomic(cfg_path, config)
-        tokenizer.save_pretrained(str(tmp))
-        for leftover in ("training_args.bin",):
-            (tmp / leftover).unlink(missing_ok=True)
-        write_json_atomic(tmp / "meta.json", {**meta, "lora_merged": bool(is_peft and merge_lora),
-                                              "lora": bool(is_peft)})
-        _replace_dir(tmp, out_dir)
-    trainer.accelerator.wait_for_everyone()
-    return out_dir
-
-
-def _merge_adapter_into(folder: Path, init_path: str) -> None:
-    """Replace the adapter files in `folder` by full merged weights (adapter applied to the starting model)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(init_path, dtype="float32")
-    merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
-    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
-        (folder / name).unlink(missing_ok=True)
-    merged.save_pretrained(str(folder), safe_serialization=True)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; the previous one (a forced rerun) is removed only after the move."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -508,8 +375,8 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, *, title: str = "trainin
 
 
 __all__ = [
-    "CompletionMarker", "MetricsLogger", "RecipeTrainer", "StagePaths", "apply_lora", "check_stage", "init_source",
-    "latest_good_checkpoint", "library_versions", "load_stage_model", "load_stage_tokenizer", "plot_loss_curve",
-    "read_metrics", "resolve_precision", "save_final_checkpoint", "stage_callbacks", "stage_meta",
+    "COMPLETE", "CompletionMarker", "MetricsLogger", "RecipeTrainer", "StagePaths", "apply_lora", "check_stage",
+    "init_source", "latest_good_checkpoint", "library_versions", "load_stage_model", "load_stage_tokenizer",
+    "plot_loss_curve", "read_metrics", "resolve_precision", "save_final_checkpoint", "stage_callbacks", "stage_meta",
     "train_resumable", "truncate_metrics", "upstream_checkpoint_hash",
 ]
