@@ -21,7 +21,7 @@ from rutune.data.templates import IGNORE_INDEX, tokenize_chat
 from rutune.eval.backends import GenerationResult
 from rutune.eval.errors import EvalError
 from rutune.eval.items import read_items
-from rutune.eval.language import answer_prompt, cyrillic_answers
+from rutune.eval.language import answer_prompt, cyrillic_answers, own_cyrillic_share, own_words
 from rutune.eval.nll import load_holdout, nll_metrics, run_nll, score_row, sequence_nll
 
 torch.set_num_threads(2)
@@ -131,6 +131,7 @@ def test_metrics_by_hand():
             {"id": "b", "nll_sum": 4.0, "n_tokens": 1, "nll_per_token": 4.0, "cyrillic_share": 0.25},
             {"id": "c", "nll_sum": None, "n_tokens": 0, "nll_per_token": None, "truncated": True,
              "cyrillic_share": 0.0}]
+    rows[0]["own_cyrillic_share"] = 0.0
     metrics, extra = nll_metrics(rows, rounds=200)
     nll = metrics["nll_per_token"]
     assert nll["value"] == 3.0  # items weigh the same: (2 + 4) / 2
@@ -141,6 +142,8 @@ def test_metrics_by_hand():
     assert extra["n_tokens"] == 4 and extra["truncated_items"] == 1
     share = metrics["cyrillic_share"]
     assert share["value"] == pytest.approx(1.25 / 3) and (share["n_valid"], share["n_total"]) == (3, 3)
+    own = metrics["own_cyrillic_share"]
+    assert own["value"] == 0.0 and (own["n_valid"], own["n_total"]) == (1, 3)
 
 
 def test_cyrillic_share_of_answers_by_hand():
@@ -149,7 +152,19 @@ def test_cyrillic_share_of_answers_by_hand():
                             max_new_tokens=8)
     # "Hello мир": 3 Cyrillic of 8 letters; no letters at all counts as 0
     assert [r["cyrillic_share"] for r in rows] == [1.0, 3 / 8, 0.0, 0.0, 1.0]
+    assert [r["own_cyrillic_share"] for r in rows] == [1.0, 3 / 8, 0.0, 0.0, 1.0]  # the prompt "?" has no words
     assert [r["answer"] for r in rows] == answers
+
+
+def test_own_share_leaves_out_words_copied_from_the_prompt():
+    prompt = "Какое самое глубокое озеро в мире?"
+    assert own_words("Какое самое глубокое озеро в мире?\n\nКакое самое глубо", prompt) == []
+    assert own_cyrillic_share("Какое самое глубокое озеро в мире?\n\nКакое самое глубо", prompt) == 0.0
+    assert own_words("Самое глубокое озеро — Байкал", prompt) == ["Байкал"]  # case-insensitive copies
+    assert own_cyrillic_share("The deepest lake: Байкал", prompt) == pytest.approx(6 / 20)  # Байкал: 6 of 3+7+4+6 own letters
+    # only the last word may be a cut-off echo; a prefix elsewhere is the answer's own word
+    assert own_words("Глубо озеро", prompt) == ["Глубо"]
+    assert own_cyrillic_share("", prompt) == 0.0
 
 
 def test_answer_prompt_is_the_first_user_turn_without_system():
@@ -173,12 +188,14 @@ def test_run_nll_writes_items_results_and_resumes(tiny, zero_model, tmp_path):
     ln_v = math.log(zero_model.config.vocab_size)
     assert all(i["nll_per_token"] == pytest.approx(ln_v, rel=1e-6) for i in items)
     assert [i["cyrillic_share"] for i in items] == [1.0, 0.0, 1.0]
+    assert [i["own_cyrillic_share"] for i in items] == [1.0, 0.0, 1.0]
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["suite"] == "nll" and on_disk["model"] == "base"
     assert on_disk["metrics"]["nll_per_token"]["value"] == pytest.approx(ln_v, rel=1e-6)
     assert on_disk["metrics"]["nll_per_token"]["item_key"] == "nll_per_token"
     assert on_disk["metrics"]["cyrillic_share"]["value"] == pytest.approx(2 / 3)
+    assert on_disk["metrics"]["own_cyrillic_share"]["item_key"] == "own_cyrillic_share"
     assert on_disk["extra"]["sources"] == {"grandmaster_pro_max": 1, "saiga_scored": 2}
     # a rerun finds every item done: no model call, same numbers
     again = run_nll(cfg, "zero", holdout, out, backend=None, model_label="base")

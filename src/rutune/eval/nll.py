@@ -93,12 +93,13 @@ def nll_metrics(rows: list[dict], *, rounds: int = 1000, seed: int = 0) -> tuple
     extra = {"unit": "nats per assistant token (lower is better)", "token_weighted_nll": token_mean,
              "perplexity": math.exp(token_mean) if total_tokens else math.nan, "n_tokens": total_tokens,
              "truncated_items": sum(1 for r in rows if r.get("truncated"))}
-    answered = [r for r in rows if r.get("cyrillic_share") is not None]
-    if answered:
-        shares = [float(r["cyrillic_share"]) for r in answered]
-        metrics["cyrillic_share"] = metric_entry(shares, n_total=len(rows), item_key="cyrillic_share", rounds=rounds,
-                                                 seed=seed)
-        extra["cyrillic_share_unit"] = "Cyrillic letters / all letters of the answer (higher is more Russian)"
+    for key in ("cyrillic_share", "own_cyrillic_share"):
+        shares = [float(r[key]) for r in rows if r.get(key) is not None]
+        if shares:
+            metrics[key] = metric_entry(shares, n_total=len(rows), item_key=key, rounds=rounds, seed=seed)
+    if "cyrillic_share" in metrics:
+        extra["cyrillic_share_unit"] = ("Cyrillic letters / all letters of the answer; own_: of the words not copied "
+                                        "from the prompt (higher is more Russian)")
     return metrics, extra
 
 

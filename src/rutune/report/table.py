@@ -51,6 +51,7 @@ COLUMNS = (
     Column("qa2", "QA2", "babilong", "qa2", 3, "items", accuracy=True, task="qa2", item_field="score"),
 )
 OPTIONAL_COLUMNS = (Column("cyrillic", "Cyrillic share", "nll", "cyrillic_share", 3, "items"),
+                    Column("own_cyrillic", "Cyrillic share (own words)", "nll", "own_cyrillic_share", 3, "items"),
                     Column("nll", "Held-out NLL", "nll", "nll_per_token", 3, "items"))
 
 
