@@ -239,3 +239,10 @@ def test_bundled_sample_loads_and_runs_five_shot(backend, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(r["n_shots"] == 5 for r in rows)
     assert res["extra"]["source"] == "bundled:rummlu_mera.jsonl"
+
+
+def test_limit_does_not_shrink_the_shot_pool(backend, tmp_path):
+    run_mmlu(MmluConfig(path=MERA, shots=4, limit=2, bootstrap_rounds=20), BackendConfig(), "tiny", tmp_path,
+             backend=backend)
+    rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert [r["n_shots"] for r in rows] == [4, 4]  # 5 questions in that domain: 4 others, beyond the limit of 2

@@ -165,15 +165,13 @@ def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int =
     """Evaluate one model on ruMMLU; writes items.jsonl as it goes and results.json at the end; returns it."""
     from rutune.rundir import write_json_atomic
 
-    questions = select(load_questions(cfg.path, cfg.format, cfg.split, cfg.revision, cfg.domains),
-                       cfg.domains, cfg.limit, cfg.path or "bundled sample")
+    loaded = load_questions(cfg.path, cfg.format, cfg.split, cfg.revision, cfg.domains)
+    questions = select(loaded, cfg.domains, cfg.limit, cfg.path or "bundled sample")
     if not questions:
         raise EvalError(f"ruMMLU source {cfg.path or 'bundled sample'}: no questions")
-    pool = questions
+    pool = loaded  # a single file (or the bundled sample) is its own shot pool; the item itself is excluded
     if cfg.shots and cfg.path is not None and not Path(cfg.path).expanduser().is_file():
         pool = load_questions(cfg.path, cfg.format, POOL_SPLIT[cfg.format], cfg.revision, cfg.domains)
-    elif cfg.shots and cfg.path is None:
-        pool = load_questions(None, "mera", cfg.split)
     pool_by_domain: dict[str, list[Question]] = defaultdict(list)
     for q in pool:
         pool_by_domain[q.domain].append(q)
