@@ -1,6 +1,6 @@
 """SimPO step throughput: rutune (prefix-shared batches) vs TRL 1.16 CPO-SimPO, and vs a bare torch loop.
 
-    .venv/bin/python bench/simpo.py [--shapes rag chat] [--pairs 32] [--batch 4] [--steps 5]
+    .venv/bin/python bench/simpo.py [--shapes rag chat] [--pairs 32] [--batch 4] [--steps 4] [--rounds 2]
 
 For each shape — `rag` (prompt 1–2k tokens, responses 50–200) and `chat` (prompt 32–256, responses 16–128) — the
 same synthetic Russian pairs (same token ids: TRL tokenises the rendered prompt and `content<|im_end|>` replies, we
@@ -12,12 +12,13 @@ use `templates.tokenize_pair`) train the same tiny model with the same effective
             on the same prefix-shared batches, collated outside the timer — the limit a Trainer-based recipe can
             approach (rutune's step includes its collation).
 
-Each runs in its own process (so peak RSS is its own), warms up one step, then times `--steps` optimizer steps.
-Per step it records wall time and the process's CPU time (all threads); both are medians over the timed steps.
-On a shared, overloaded machine wall time mostly measures waiting, so the ratios use CPU time (pairs per CPU-second);
-on an idle machine the two agree (wall ≈ CPU / threads) and the wall ratios are printed beside them.
+Each contender runs in its own process (so peak RSS is its own) with ONE torch thread (`BENCH_THREADS`), warms up
+one step, then times `--steps` optimizer steps; `--rounds` repeats this, alternating rutune / TRL / bare, and pools
+the steps. Pairs/s and the ratios use the median process CPU time per step: on a shared, overloaded machine wall
+time mostly measures waiting, and with several threads CPU time also counts OpenMP spin-waits, but one thread's CPU
+time is the work done (on an idle machine it equals wall time). The fastest wall-clock step is printed beside it.
 The first step's loss is printed for each (same data order, same initial weights, so they must agree).
-Prints pairs/s, ratios and peak RSS; the last line is `ratio: X` = the smaller of the two rutune/TRL ratios.
+Prints pairs/CPU-s, ratios and peak RSS; the last line is `ratio: X` = the smaller of the two rutune/TRL ratios.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 BETA, GAMMA, LR = 2.5, 1.375, 1e-4
+KINDS = ("rutune", "trl", "bare")
 SHAPES = {"rag": {"prompt": (1000, 2000), "response": (50, 200)},
           "chat": {"prompt": (32, 256), "response": (16, 128)}}
 WORDS = ("привет мир модель ответ вопрос данные обучение текст язык русский пример задача решение город река "
@@ -187,19 +189,23 @@ def run_worker(kind: str, shape: str, n_pairs: int, batch: int, steps: int) -> d
 
     from rutune.models import tiny_model_path
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     model_dir = str(tiny_model_path())
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = make_pairs(tok, shape, n_pairs)
     fn = {"rutune": worker_rutune, "trl": worker_trl, "bare": worker_bare}[kind]
     times, first_loss = fn(tok, model_dir, rows, batch, steps)
-    timed = times[1:]  # the first step warms up allocators and kernels
-    wall = sorted(t for t, _ in timed)
-    cpu = sorted(c for _, c in timed)
-    return {"kind": kind, "shape": shape, "wall_s": wall[len(wall) // 2], "wall_min_s": wall[0],
-            "cpu_s": cpu[len(cpu) // 2], "pairs_per_s": batch / wall[len(wall) // 2],
-            "pairs_per_cpu_s": batch / cpu[len(cpu) // 2], "first_loss": first_loss,
-            "peak_rss_mib": _peak_rss_mib(), "steps_timed": len(timed)}
+    return {"kind": kind, "shape": shape, "steps": times[1:],  # the first step warms up allocators and kernels
+            "first_loss": first_loss, "peak_rss_mib": _peak_rss_mib()}
+
+
+def summarise(kind: str, shape: str, runs: list[dict], batch: int) -> dict:
+    """Pool the timed steps of all rounds: fastest and median wall time, median CPU time, max peak RSS."""
+    wall = sorted(t for r in runs for t, _ in r["steps"])
+    cpu = sorted(c for r in runs for _, c in r["steps"])
+    return {"kind": kind, "shape": shape, "wall_min_s": wall[0], "wall_median_s": wall[len(wall) // 2],
+            "cpu_median_s": cpu[len(cpu) // 2], "pairs_per_s": batch / cpu[len(cpu) // 2], "steps": len(wall),
+            "first_loss": runs[0]["first_loss"], "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
 
 
 def main() -> None:
@@ -207,7 +213,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["rag", "chat"], choices=sorted(SHAPES))
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per round (after one warm-up step)")
+    ap.add_argument("--rounds", type=int, default=2, help="fresh processes per contender, run alternately")
     ap.add_argument("--worker", choices=["rutune", "trl", "bare"], help=argparse.SUPPRESS)
     ap.add_argument("--shape", choices=sorted(SHAPES), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -215,28 +222,32 @@ def main() -> None:
         print(json.dumps(run_worker(a.worker, a.shape, a.pairs, a.batch, a.steps)))
         return
 
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     results: dict[tuple[str, str], dict] = {}
     for shape in a.shapes:
-        for kind in ("rutune", "trl", "bare"):
-            cmd = [sys.executable, __file__, "--worker", kind, "--shape", shape, "--pairs", str(a.pairs),
-                   "--batch", str(a.batch), "--steps", str(a.steps)]
-            env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false",
-                   "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                sys.exit(f"{kind}/{shape} failed:\n{proc.stderr[-3000:]}")
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[(shape, kind)] = res
-            print(f"{shape:5s} {kind:7s} {res['pairs_per_s']:7.2f} pairs/s  {res['pairs_per_cpu_s']:7.2f} pairs/CPU-s  "
-                  f"step wall {res['wall_s']:.3f} s (min {res['wall_min_s']:.3f}) CPU {res['cpu_s']:.3f} s  "
+        runs: dict[str, list[dict]] = {k: [] for k in KINDS}
+        for _ in range(a.rounds):  # alternate the contenders so drifting machine load hits each alike
+            for kind in KINDS:
+                cmd = [sys.executable, __file__, "--worker", kind, "--shape", shape, "--pairs", str(a.pairs),
+                       "--batch", str(a.batch), "--steps", str(a.steps)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    sys.exit(f"{kind}/{shape} failed:\n{proc.stderr[-3000:]}")
+                runs[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for kind in KINDS:
+            res = results[(shape, kind)] = summarise(kind, shape, runs[kind], a.batch)
+            print(f"{shape:5s} {kind:7s} {res['pairs_per_s']:7.2f} pairs/CPU-s  step CPU median {res['cpu_median_s']:.3f} s,"
+                  f" wall min {res['wall_min_s']:.3f} s, median {res['wall_median_s']:.3f} s ({res['steps']} steps)  "
                   f"first loss {res['first_loss']:.6f}  peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
     ratios = []
     for shape in a.shapes:
-        ours, trl, bare = (results[(shape, k)] for k in ("rutune", "trl", "bare"))
-        ratio = ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"]
+        ours, trl, bare = (results[(shape, k)] for k in KINDS)
+        ratio = ours["pairs_per_s"] / trl["pairs_per_s"]
         ratios.append(ratio)
-        print(f"{shape}: rutune/TRL pairs per CPU-s {ratio:.2f}x (wall {ours['pairs_per_s'] / trl['pairs_per_s']:.2f}x)"
-              f" · rutune step / bare step CPU {ours['cpu_s'] / bare['cpu_s']:.3f} (wall {ours['wall_s'] / bare['wall_s']:.3f})"
+        print(f"{shape}: rutune/TRL pairs per CPU-s {ratio:.2f}x (fastest wall step {trl['wall_min_s'] / ours['wall_min_s']:.2f}x)"
+              f" · rutune step / bare step CPU {ours['cpu_median_s'] / bare['cpu_median_s']:.3f}"
+              f" (fastest wall {ours['wall_min_s'] / bare['wall_min_s']:.3f})"
               f" · first-loss |diff| vs TRL {abs(ours['first_loss'] - trl['first_loss']):.2e}"
               f" · peak RSS rutune {ours['peak_rss_mib']:.0f} MiB vs TRL {trl['peak_rss_mib']:.0f} MiB")
     print(f"ratio: {min(ratios):.2f}")
