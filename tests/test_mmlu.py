@@ -62,7 +62,11 @@ def test_shots_same_domain_seeded_never_self():
 
 
 def test_letter_tokenisation_tiny(backend):
-    """With the tiny vocabulary " A" is one token but " B" is "Ġ"+"B": the four inputs still form one chain."""
+    """Tiny vocabulary: " A".." D" are single tokens after "Ответ:", with no merge across the boundary.
+
+    (With a smaller vocabulary " B" can be "Ġ"+"B"; the four inputs then still form one prefix chain, which
+    is all the one-forward path needs — the chain assertion below covers both cases.)
+    """
     tok = backend.tokenizer
     ctx = "Вопрос?\nA) а\nОтвет:"
     ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"]
@@ -71,6 +75,7 @@ def test_letter_tokenisation_tiny(backend):
         assert c == ctx_ids  # no merge across the context/answer boundary
         assert tok.decode(cont) == " " + letter
         assert tok(" " + letter, add_special_tokens=False)["input_ids"] == cont
+        assert len(cont) == 1 and cont != tok(letter, add_special_tokens=False)["input_ids"]
     inputs = [tuple(ctx_ids + backend.encode_pair(ctx, " " + x)[1][:-1]) for x in "ABCD"]
     longest = max(inputs, key=len)
     assert all(longest[: len(i)] == i for i in inputs)

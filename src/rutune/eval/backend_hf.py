@@ -5,8 +5,9 @@ shifts a row's positions) and results return in request order.
 
 Log-likelihood shares forwards. A request needs the model's logits at the positions that predict its
 continuation tokens, i.e. one forward over `tokens[:-1]`. When several requests of the same context have
-token sequences `tokens[:-1]` that are prefixes of one another (multiple-choice letters: " A" may be one
-token while " B" is "Ġ"+"B"), one forward over the longest serves them all. For ruMMLU that is one forward
+token sequences `tokens[:-1]` that are prefixes of one another (multiple-choice letters: equal when " A".." D"
+are single tokens; a chain when a small vocabulary has " A" as one token but " B" as "Ġ"+"B"), one forward
+over the longest serves them all. For ruMMLU that is one forward
 per question. Only the last few positions' logits are computed (`logits_to_keep`), so the output layer costs
 a few rows per question instead of the whole prompt.
 """
