@@ -169,3 +169,21 @@ def test_fast_pair_tokenisation_equals_joint_tokenisation(backend, qwen_tokenize
             assert fast == [encode_pair(tok, r.context, r.continuation) for r in reqs]
     finally:
         backend.tokenizer = tiny
+
+
+def test_prefix_chain_shares_one_forward_with_a_small_vocabulary(tmp_path):
+    """At a 300-token vocabulary some letters are "Ġ"+"X": the chain still costs one forward per context."""
+    from rutune.models import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "small", vocab_size=300)
+    be = make_backend(BackendConfig(batch_size=4, apply_chat_template=False), str(model_dir))
+    split = [len(be.tokenizer(" " + x, add_special_tokens=False)["input_ids"]) for x in "ABCD"]
+    assert max(split) == 2, split  # the case this test is about
+    contexts = [p + "\nОтвет:" for p in PROMPTS[:6]]
+    reqs = [LoglikelihoodRequest(c, " " + x) for c in contexts for x in "ABCD"]
+    be.n_forward_rows = 0
+    got = be.loglikelihood(reqs)
+    assert be.n_forward_rows == len(contexts)
+    for r, g in zip(reqs, got):
+        ref, greedy = brute_loglikelihood(be, r.context, r.continuation)
+        assert g.logprob == pytest.approx(ref, abs=1e-4) and g.is_greedy == greedy
