@@ -24,6 +24,15 @@ from rutune.train.runtime import read_metrics
 from rutune.train.stages import run_training
 
 
+def _free_port() -> int:
+    """A port nobody listens on now, so parallel test runs on one machine do not collide."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _yaml(tmp_path: Path, name: str, per_device: int) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
@@ -51,7 +60,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path):
     two = _yaml(tmp_path, "two", 2)
     torchrun = str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", "-m", "rutune.cli",
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "rutune.cli",
                            "train", str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("checkpoint:") == 1  # printed by rank 0 only
