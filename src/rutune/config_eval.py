@@ -31,6 +31,7 @@ class BackendConfig(_Strict):
     api_key_env: str | None = None  # openai: name of the env var holding the key (null = "EMPTY")
     served_model: str | None = None  # openai: model name on the server (null = the model path/label)
     concurrency: PositiveInt = 8
+    vllm_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None  # vllm: share of GPU (CPU build: RAM)
     max_retries: Annotated[int, Field(strict=True, ge=0)] = 3
     timeout_s: Annotated[float, Field(gt=0)] = 300.0
 

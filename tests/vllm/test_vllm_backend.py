@@ -1,7 +1,8 @@
 """vLLM backend on the tiny model agrees with the hf backend: greedy text, log-likelihood, ruMMLU predictions.
 
 Runs in `.venv-vllm` via `make test-vllm` (vLLM's CPU build wants its own transformers). The model folder comes
-from RUTUNE_VLLM_MODEL (built by the main venv) or is built here.
+from RUTUNE_VLLM_MODEL (built by the main venv) or is built here; it is the tiny model widened to head_dim 64,
+because vLLM's CPU attention has no kernel for the default head_dim 16.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ def model_dir():
         return path
     from rutune.models import tiny_model_path
 
-    return str(tiny_model_path())
+    return str(tiny_model_path(hidden_size=128, num_heads=2, num_kv_heads=1))  # vLLM CPU needs head_dim >= 32
 
 
 @pytest.fixture(scope="module")
 def both(model_dir):
     hf = make_backend(BackendConfig(kind="hf", apply_chat_template=False), model_dir)
-    vl = make_backend(BackendConfig(kind="vllm", apply_chat_template=False, max_length=2048), model_dir)
+    vl = make_backend(BackendConfig(kind="vllm", apply_chat_template=False, max_length=2048,
+                                    vllm_memory_utilization=0.1), model_dir)
     return hf, vl
 
 

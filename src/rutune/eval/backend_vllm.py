@@ -15,7 +15,7 @@ from rutune.eval.errors import EvalError
 
 class VLLMBackend:
     def __init__(self, model_path: str, *, apply_chat_template: bool = True, max_length: int | None = None,
-                 dtype: str = "auto", seed: int = 0):
+                 dtype: str = "auto", seed: int = 0, memory_utilization: float | None = None):
         try:
             import vllm
 
@@ -33,7 +33,9 @@ class VLLMBackend:
             raise EvalError(str(e)) from None
         if resolved.startswith(("/", "./", "../", "~")) and not Path(resolved).expanduser().exists():
             raise EvalError(f"model path {model_path}: folder not found")
-        kwargs = {"max_model_len": max_length} if max_length else {}
+        kwargs: dict = {"max_model_len": max_length} if max_length else {}
+        if memory_utilization is not None:  # on vLLM's CPU build this is the share of host RAM it reserves
+            kwargs["gpu_memory_utilization"] = memory_utilization
         self.llm = vllm.LLM(model=resolved, dtype="float32" if dtype == "auto" else dtype, seed=seed,
                             enforce_eager=True, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()

@@ -111,7 +111,7 @@ def make_backend(cfg: "BackendConfig", model_path: str) -> Backend:
         from rutune.eval.backend_vllm import VLLMBackend
 
         return VLLMBackend(model_path, apply_chat_template=cfg.apply_chat_template, max_length=cfg.max_length,
-                           dtype=cfg.dtype)
+                           dtype=cfg.dtype, memory_utilization=cfg.vllm_memory_utilization)
     if cfg.kind == "openai":
         from rutune.eval.backend_openai import OpenAIBackend
 
