@@ -1,8 +1,9 @@
 """`rutune train CONFIG` with a SIGKILL injected at a chosen point (used by test_sft_resume.py).
 
-Usage: python _sft_kill.py CONFIG step_end:N | save:N
+Usage: python _sft_kill.py CONFIG step_end:N | save:N | final:0
 `step_end:N` kills right after optimizer step N; `save:N` kills inside the save of checkpoint-N, after the Trainer
-wrote its files but before rutune marked the checkpoint complete.
+wrote its files but before rutune marked the checkpoint complete; `final:0` kills after the final checkpoint was
+written to its temp folder, before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def main() -> None:
         return [Kill(where, int(step)), *cbs]  # before CompletionMarker, so `save:N` leaves N unmarked
 
     runtime.stage_callbacks = with_kill
+    if where == "final":
+        import rutune.train.checkpoints as checkpoints
+
+        def die(*a, **k):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        checkpoints._replace_dir = die
     from rutune.cli import app
 
     app(["train", config], standalone_mode=True)

@@ -1,7 +1,8 @@
 """SIGKILL during training, rerun the same command: final weights bit-identical to an uninterrupted run (CPU).
 
-Two kill points: right after optimizer step 5 (last complete checkpoint: 4), and inside the save of checkpoint-6
-after the Trainer wrote it but before rutune marked it complete (so the resume must ignore it and use 4).
+Kill points: right after optimizer step 5 (last complete checkpoint: 4); inside the save of checkpoint-6 after the
+Trainer wrote it but before rutune marked it complete (so the resume must ignore it and use 4); and while the final
+checkpoint sits in its temp folder (the rerun resumes at step 8 and writes it again).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def reference(tmp_path_factory):
     return tmp / "runs" / "ref"
 
 
-@pytest.mark.parametrize("kill", ["save:6", pytest.param("step_end:5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kill", ["save:6", pytest.param("step_end:5", marks=pytest.mark.slow),
+                                  pytest.param("final:0", marks=pytest.mark.slow)])
 def test_sigkill_then_same_command_gives_bit_identical_weights(reference, tmp_path, kill):
     import torch
 
@@ -84,7 +86,7 @@ def test_sigkill_then_same_command_gives_bit_identical_weights(reference, tmp_pa
     assert killed.returncode == -9, killed.stderr[-2000:]
     trainer_dir = run_root / "train" / "sft" / "trainer"
     complete = sorted(p.name for p in trainer_dir.iterdir() if (p / "COMPLETE").exists())
-    assert complete == ["checkpoint-2", "checkpoint-4"]
+    assert complete == (["checkpoint-6", "checkpoint-8"] if kill == "final:0" else ["checkpoint-2", "checkpoint-4"])
     if kill.startswith("save"):
         assert (trainer_dir / "checkpoint-6").is_dir() and not (trainer_dir / "checkpoint-6" / "COMPLETE").exists()
     assert not (run_root / "train" / "sft" / "checkpoint").exists()

@@ -90,7 +90,34 @@ def train_resumable(trainer, paths):
             truncate_metrics(paths.metrics, int(resume.name.removeprefix("checkpoint-")))
     elif trainer.is_world_process_zero() and paths.metrics.exists():
         paths.metrics.unlink()
+    if resume is not None and _finished(resume) and not _sharded(trainer):
+        return _restore_finished(trainer, resume)
     return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+
+def _finished(checkpoint: Path) -> bool:
+    """The checkpoint was written at the last step (the kill came during the final save)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+
+
+def _sharded(trainer) -> bool:
+    from accelerate.utils import DistributedType
+
+    return trainer.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
+def _restore_finished(trainer, checkpoint: Path):
+    """Load the last step's weights instead of re-entering the loop (which would log a spurious extra step)."""
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
+    return TrainOutput(state["global_step"], sum(losses) / len(losses) if losses else 0.0, {})
 
 
 def save_final_checkpoint(trainer, tokenizer, out_dir: Path, meta: dict, *, init_path: str,

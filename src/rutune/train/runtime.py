@@ -267,9 +267,11 @@ class MetricsLogger(_callback_base()):
         self._progress = None
         self._task = None
         self._last_time: float | None = None
+        self._last_step = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
+        self._last_step = state.global_step  # a resumed run's earlier steps are already in the file
         if state.is_world_process_zero and self.show_progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -287,8 +289,9 @@ class MetricsLogger(_callback_base()):
         now = time.perf_counter()
         elapsed = now - (self._last_time or now)
         self._last_time = now
-        if not state.is_world_process_zero or not logs or "loss" not in logs:
+        if not state.is_world_process_zero or not logs or "loss" not in logs or state.global_step <= self._last_step:
             return
+        self._last_step = state.global_step
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 6), **logs}
         tokens = logs.get("trained_tokens")
         if tokens is not None and elapsed > 0:
