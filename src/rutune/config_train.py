@@ -52,7 +52,6 @@ class SftStage(OptimConfig):
     name: str = Field(default="sft", pattern=r"^[A-Za-z0-9_\-]+$")
     init_from: str = "base"
     packing: bool = True
-    max_tokens_per_batch: PositiveInt | None = None
 
 
 class SimpoStage(OptimConfig):
