@@ -47,3 +47,38 @@ def test_judge_key_is_nowhere_in_the_run_dir_or_logs(tmp_path):
     # the judge's identity is recorded; the env var's name may be, its value never
     arena = (tmp_path / "runs" / "secret" / "eval" / "arena" / "sft" / "results.json").read_text(encoding="utf-8")
     assert "scripted-judge" in arena
+
+
+def test_remote_code_and_pickles_are_refused_unless_allowed(tmp_path):
+    """A checkpoint that needs its own code, or ships only a pickle, does not load by default."""
+    import json
+
+    import pytest
+    import torch
+
+    from rutune.eval.backend_hf import load_model_and_tokenizer
+    from rutune.eval.errors import EvalError
+    from rutune.models import tiny_model_path
+
+    src = tiny_model_path()
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (pickled / f.name).write_bytes(f.read_bytes())
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(src / "model.safetensors")), pickled / "pytorch_model.bin")
+    with pytest.raises(EvalError, match="cannot load"):
+        load_model_and_tokenizer(str(pickled))
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for f in src.iterdir():
+        (remote / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((remote / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (remote / "config.json").write_text(json.dumps(cfg))
+    (remote / "modeling_evil.py").write_text("raise SystemExit('remote code ran')\n")
+    model, _, _ = load_model_and_tokenizer(str(remote))  # auto_map ignored: the built-in Qwen2 class loads
+    assert type(model).__name__ == "Qwen2ForCausalLM"

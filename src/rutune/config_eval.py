@@ -27,6 +27,7 @@ class BackendConfig(_Strict):
     max_length: PositiveInt | None = None  # null = the model's max_position_embeddings
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU, bf16 on a GPU
     device: str | None = None  # null = cuda when available, else cpu
+    trust_remote_code: bool = False  # run a checkpoint's own modelling code (hf backend); off unless asked
     base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
     api_key_env: str | None = None  # openai: name of the env var holding the key (null = "EMPTY")
     served_model: str | None = None  # openai: model name on the server (null = the model path/label)

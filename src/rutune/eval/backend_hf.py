@@ -31,8 +31,12 @@ def _looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
 
 
-def load_model_and_tokenizer(model_path: str, *, dtype: str = "auto", device: str | None = None):
-    """Load a causal LM and its tokenizer; a missing folder or unreadable model is an EvalError."""
+def load_model_and_tokenizer(model_path: str, *, dtype: str = "auto", device: str | None = None,
+                             trust_remote_code: bool = False):
+    """Load a causal LM and its tokenizer; a missing folder or unreadable model is an EvalError.
+
+    Weights load from safetensors only, and a checkpoint's own code runs only when the config allows it.
+    """
     from rutune.models import ModelError, resolve_model_path
 
     try:
@@ -48,8 +52,9 @@ def load_model_and_tokenizer(model_path: str, *, dtype: str = "auto", device: st
     if torch_dtype is None:  # auto: exact fp32 on CPU, bf16 on an accelerator
         torch_dtype = torch.float32 if device == "cpu" else torch.bfloat16
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EvalError(f"model {model_path}: cannot load ({first})") from None
@@ -69,8 +74,10 @@ class _Group:
 
 class HFBackend:
     def __init__(self, model_path: str, *, batch_size: int = 8, apply_chat_template: bool = True,
-                 max_length: int | None = None, dtype: str = "auto", device: str | None = None):
-        self.model, self.tokenizer, self.model_path = load_model_and_tokenizer(model_path, dtype=dtype, device=device)
+                 max_length: int | None = None, dtype: str = "auto", device: str | None = None,
+                 trust_remote_code: bool = False):
+        self.model, self.tokenizer, self.model_path = load_model_and_tokenizer(
+            model_path, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         self.device = self.model.device
         self.batch_size = batch_size
         self.apply_chat_template = apply_chat_template

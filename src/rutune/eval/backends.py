@@ -106,7 +106,8 @@ def make_backend(cfg: "BackendConfig", model_path: str) -> Backend:
         from rutune.eval.backend_hf import HFBackend
 
         return HFBackend(model_path, batch_size=cfg.batch_size, apply_chat_template=cfg.apply_chat_template,
-                         max_length=cfg.max_length, dtype=cfg.dtype, device=cfg.device)
+                         max_length=cfg.max_length, dtype=cfg.dtype, device=cfg.device,
+                         trust_remote_code=cfg.trust_remote_code)
     if cfg.kind == "vllm":
         from rutune.eval.backend_vllm import VLLMBackend
 
