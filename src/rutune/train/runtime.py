@@ -130,7 +130,8 @@ def load_stage_model(path: str, model_cfg=None, *, attn_implementation: str | No
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": "float32"}
+    # Safetensors only: a pickled checkpoint can run code on load. A GGUF file is converted by transformers.
+    kwargs: dict[str, Any] = {"dtype": "float32", "use_safetensors": not (model_cfg and model_cfg.gguf_file)}
     if model_cfg is not None and from_base:
         if model_cfg.revision:
             kwargs["revision"] = model_cfg.revision

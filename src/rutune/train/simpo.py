@@ -237,11 +237,12 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
                                      attn_implementation=attn)
     if stage.lora is not None:
-        model = runtime.apply_lora(model, stage.lora)
+        model = runtime.apply_lora(model, stage.lora, seed=cfg.seed)
     args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
     trainer = build_trainer(model, tokenizer, dataset, args, stage,
                             callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
-                                                              label=f"simpo {stage.name}"))
+                                                              label=f"simpo {stage.name}",
+                                                              keep=stage.save_total_limit))
     result = runtime.train_resumable(trainer, paths)
     metrics = runtime.read_metrics(paths.metrics)
     last = metrics[-1] if metrics else {}
