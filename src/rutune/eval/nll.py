@@ -15,6 +15,7 @@ no padding, so the number does not depend on batching.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 from rutune.config_eval import NllConfig
@@ -127,18 +128,11 @@ def run_nll(cfg: NllConfig, model_path: str, holdout_parquet: str | Path, out_di
     ordered = log.ordered([r["id"] for r in rows])
     metrics, extra = nll_metrics(ordered, rounds=cfg.bootstrap_rounds, seed=seed)
     extra.update({"holdout": str(holdout_parquet), "max_tokens": cfg.max_tokens, "max_new_tokens": cfg.max_new_tokens,
-                  "sources": dict(sorted(_count(r["source"] for r in rows).items()))})
+                  "sources": dict(sorted(Counter(r["source"] for r in rows).items()))})
     results = {"suite": "nll", "model": model_label or Path(str(model_path)).name, "model_path": str(model_path),
                "metrics": metrics, "extra": extra}
     write_json_atomic(Path(out_dir) / "results.json", results)
     return results
-
-
-def _count(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 __all__ = ["load_holdout", "nll_metrics", "run_nll", "score_row", "sequence_nll"]
