@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rutune.rundir import RunDir, read_manifest
+from rutune.rundir import RunDir, read_json, read_manifest
 from rutune.train.checkpoints import (COMPLETE, CompletionMarker, latest_good_checkpoint, save_final_checkpoint,
                                       train_resumable, truncate_metrics)
 from rutune.train.errors import TrainError
@@ -62,6 +62,32 @@ class StagePaths:
 
 
 # ---------------------------------------------------------------- inputs, before any model loads
+def prepared_data(run: RunDir, file_name: str, columns: tuple[str, ...], what: str) -> tuple[Path, str | None]:
+    """A prepared parquet of the run and the prepare stage's hash; TrainError when missing, empty or malformed.
+
+    `what` names the data in messages ("SFT", "preference"); the check reads only the parquet footer.
+    """
+    import pyarrow.parquet as pq
+
+    path = run.prepare / file_name
+    if not path.is_file():
+        raise TrainError(f"{path}: prepared {what} data not found; run `rutune prepare CONFIG` first")
+    try:
+        parquet_file = pq.ParquetFile(path)
+        meta, present = parquet_file.metadata, parquet_file.schema_arrow.names
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise TrainError(f"{path}: missing column(s) {', '.join(missing)}; rerun `rutune prepare CONFIG`")
+    if meta.num_rows == 0:
+        raise TrainError(f"{path}: prepared {what} data has 0 rows; check the data sources and filters, then "
+                         f"re-prepare")
+    manifest_path = run.prepare / "manifest.json"
+    manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    return path, manifest.get("content_hash") or manifest.get("input_hash")
+
+
 def check_stage(stage) -> None:
     """Hyperparameters that would only fail deep inside torch; pydantic already rejects them in YAML."""
     if not stage.learning_rate > 0:

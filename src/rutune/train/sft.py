@@ -28,24 +28,9 @@ FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", 
 # ---------------------------------------------------------------- data
 def sft_data(run: RunDir) -> tuple[Path, str | None]:
     """The prepared SFT parquet and its manifest hash; TrainError when missing or empty."""
-    path = run.prepare / "sft.parquet"
-    if not path.is_file():
-        raise TrainError(f"{path}: prepared SFT data not found; run `rutune prepare CONFIG` first")
-    import pyarrow.parquet as pq
+    from rutune.train import runtime
 
-    try:
-        pf = pq.ParquetFile(path)
-        meta, columns = pf.metadata, pf.schema_arrow.names
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
-    if meta.num_rows == 0:
-        raise TrainError(f"{path}: prepared SFT data has 0 rows; check data.sft sources and filters, then re-prepare")
-    if "messages" not in columns:
-        raise TrainError(f"{path}: has no `messages` column; rerun `rutune prepare CONFIG`")
-    manifest_path = run.prepare / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.exists() else {}
-    data_hash = manifest.get("content_hash") or manifest.get("input_hash")
-    return path, data_hash
+    return runtime.prepared_data(run, "sft.parquet", ("messages",), "SFT")
 
 
 def _tokenize_batch(batch: dict, *, tokenizer, max_tokens: int, overlength: str, counts: dict) -> dict:

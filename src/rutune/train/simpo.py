@@ -31,24 +31,9 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 # ---------------------------------------------------------------- data
 def preference_data(run: RunDir) -> tuple[Path, str | None]:
     """The prepared preference parquet and its manifest hash; TrainError when missing, empty or malformed."""
-    path = run.prepare / "preference.parquet"
-    if not path.is_file():
-        raise TrainError(f"{path}: prepared preference data not found; run `rutune prepare CONFIG` first")
-    import pyarrow.parquet as pq
+    from rutune.train import runtime
 
-    try:
-        parquet_file = pq.ParquetFile(path)
-        meta, columns = parquet_file.metadata, parquet_file.schema_arrow.names
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainError(f"{path}: not a readable parquet file ({type(e).__name__}); rerun `rutune prepare CONFIG`")
-    missing = [c for c in PAIR_COLUMNS if c not in columns]
-    if missing:
-        raise TrainError(f"{path}: missing column(s) {', '.join(missing)}; rerun `rutune prepare CONFIG`")
-    if meta.num_rows == 0:
-        raise TrainError(f"{path}: prepared preference data has 0 rows; check data.preference sources and filters")
-    manifest_path = run.prepare / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.exists() else {}
-    return path, manifest.get("content_hash") or manifest.get("input_hash")
+    return runtime.prepared_data(run, "preference.parquet", PAIR_COLUMNS, "preference")
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_tokens: int, overlength: str, counts: dict,
