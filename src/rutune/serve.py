@@ -80,10 +80,12 @@ class Checkpoint:
 
 def load_checkpoint(checkpoint: str, *, trust_remote_code: bool = False, dtype: str = "auto",
                     device: str | None = None) -> Checkpoint:
-    """Load an HF checkpoint folder (safetensors only) or `tiny`; failures are one-line ServeErrors."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load an HF checkpoint folder (safetensors only) or `tiny`; failures are one-line ServeErrors.
 
+    The same loader as the `hf` eval backend, so a served model and an evaluated one are the same weights.
+    """
+    from rutune.eval.backend_hf import load_model_and_tokenizer
+    from rutune.eval.errors import EvalError
     from rutune.models import ModelError, resolve_model_path
 
     try:
@@ -92,18 +94,11 @@ def load_checkpoint(checkpoint: str, *, trust_remote_code: bool = False, dtype: 
         raise ServeError(str(e)) from None
     if not Path(path).is_dir():
         raise ServeError(f"checkpoint {checkpoint}: folder not found")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:  # auto: exact fp32 on CPU, bf16 on an accelerator
-        torch_dtype = torch.float32 if device == "cpu" else torch.bfloat16
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ServeError(f"checkpoint {checkpoint}: cannot load ({first})") from None
-    model.to(device).eval()
+        model, tokenizer, path = load_model_and_tokenizer(path, dtype=dtype, device=device,
+                                                          trust_remote_code=trust_remote_code)
+    except EvalError as e:
+        raise ServeError(str(e).replace(f"model {path}", f"checkpoint {checkpoint}", 1)) from None
     window = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
