@@ -61,7 +61,7 @@ def test_second_run_does_no_work_and_force_redoes_one_stage(mini, monkeypatch):
     fourth, _ = run_experiment(cfg2, report=False, echo=lambda s: None)
     assert statuses(fourth) == {"prepare": "done", "train/sft": "done", "eval/mmlu/base": "skipped",
                                 "eval/mmlu/sft": "done"}
-    results = json.loads((tmp := Path(cfg.output_root) / "mini" / "eval" / "mmlu" / "sft" / "results.json").read_text())
+    results = json.loads((Path(cfg.output_root) / "mini" / "eval" / "mmlu" / "sft" / "results.json").read_text())
     assert results["metrics"]["accuracy"]["n_total"] == 6
 
 

@@ -117,7 +117,6 @@ def test_lora_and_gradient_checkpointing(tmp_path):
 
 
 def test_init_from_an_sft_stage_checkpoint(tmp_path):
-    import torch
     from safetensors.torch import load_file
 
     from rutune.models import build_tiny_model, tiny_model_path
