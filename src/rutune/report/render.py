@@ -163,7 +163,7 @@ th, td { border: 1px solid #d0d0d5; padding: 4px 8px; text-align: right; white-s
 th { background: #f2f2f5; } td:first-child, th:first-child { text-align: left; }
 tr.baseline td { background: #fafae8; font-weight: 600; }
 .ci, .n { display: block; font-size: 12px; } .ci, .unit { color: #6b6b73; } .n { color: #b35c00; }
-table.results td:first-child { white-space: normal; max-width: 300px; }
+table.results td:first-child { white-space: normal; min-width: 220px; max-width: 320px; }
 table.mixture td, table.mixture th { text-align: left; } table.mixture td.num { text-align: right; }
 table.mixture td:last-child { white-space: normal; min-width: 240px; max-width: 420px; }
 .up { color: #1a7f37; font-weight: 700; } .down { color: #c62828; font-weight: 700; }
