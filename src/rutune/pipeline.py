@@ -120,7 +120,7 @@ def model_refs(cfg) -> list[tuple[str, str, str]]:
     refs = []
     for i, entry in enumerate(cfg.eval.models):
         if entry == "base":
-            path = resolve_model_path(cfg.base_model.path)
+            path = resolve_model_path(cfg.base_model.path, gguf_file=cfg.base_model.gguf_file)
             refs.append(("base", path, f"base:{cfg.base_model.model_dump_json()}"))
         elif entry in stage_names:
             manifest = read_manifest(run.train(entry)) or {}
@@ -153,7 +153,8 @@ def _suite_runner(suite: str):
         return lambda c, b, path, label, out, seed, run: run_arena(c, b, path, label, out, seed)
     from rutune.eval.nll import run_nll
 
-    return lambda c, b, path, label, out, seed, run: run_nll(c, path, run.prepare / "sft_holdout.parquet", out)
+    return lambda c, b, path, label, out, seed, run: run_nll(c, path, run.prepare / "sft_holdout.parquet", out,
+                                                             seed=seed, model_label=label)
 
 
 def run_eval_suites(cfg, force: set[str], log: StageLog) -> None:

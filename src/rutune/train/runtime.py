@@ -103,7 +103,8 @@ def init_source(cfg, stage, run: RunDir) -> str:
     from rutune.models import resolve_model_path
 
     if stage.init_from == "base":
-        return resolve_model_path(cfg.base_model.path)
+        # GGUF bases resolve to their converted safetensors folder, the same weights eval loads.
+        return resolve_model_path(cfg.base_model.path, gguf_file=cfg.base_model.gguf_file)
     names = [s.name for s in cfg.train.stages]
     if stage.init_from not in names or names.index(stage.init_from) >= names.index(stage.name):
         known = ", ".join(["base", *names[: names.index(stage.name)]]) if stage.name in names else "base"
@@ -152,17 +153,15 @@ def resolve_precision(precision: str) -> str:
 def load_stage_model(path: str, model_cfg=None, *, attn_implementation: str | None = None, from_base: bool = True):
     """Load a causal LM for training in float32 master weights (mixed precision is the Trainer's autocast).
 
-    `model_cfg` (`base_model:` block) adds revision, gguf_file and trust_remote_code when loading the base.
+    `model_cfg` (`base_model:` block) adds revision and trust_remote_code when loading the base.
     """
     from transformers import AutoModelForCausalLM
 
-    # Safetensors only: a pickled checkpoint can run code on load. A GGUF file is converted by transformers.
-    kwargs: dict[str, Any] = {"dtype": "float32", "use_safetensors": not (model_cfg and model_cfg.gguf_file)}
+    # Safetensors only: a pickled checkpoint can run code on load (GGUF bases arrive already converted).
+    kwargs: dict[str, Any] = {"dtype": "float32", "use_safetensors": True}
     if model_cfg is not None and from_base:
         if model_cfg.revision:
             kwargs["revision"] = model_cfg.revision
-        if model_cfg.gguf_file:
-            kwargs["gguf_file"] = model_cfg.gguf_file
         kwargs["trust_remote_code"] = model_cfg.trust_remote_code
     attn = attn_implementation or (model_cfg.attn_implementation if model_cfg is not None else None)
     if attn:
