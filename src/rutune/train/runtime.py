@@ -88,6 +88,39 @@ def prepared_data(run: RunDir, file_name: str, columns: tuple[str, ...], what: s
     return path, manifest.get("content_hash") or manifest.get("input_hash")
 
 
+def cached_tokenization(tokenizer, parquet: Path, tokenize_batch, *, kind: str, data_hash: str | None,
+                        max_tokens: int, overlength: str, cache_dir: Path, with_indices: bool = False):
+    """Tokenise a prepared parquet once per (data, tokenizer+template, length policy) with `datasets.map`.
+
+    `tokenize_batch(batch[, indices], counts=…)` fills `counts` (kept / truncated / dropped…); the counts of the run
+    that built the Arrow cache are stored beside it, so a cached rerun reports the same numbers. Returns
+    (raw dataset, tokenised dataset, counts).
+    """
+    import functools
+
+    import datasets
+
+    from rutune.data.templates import template_hash
+    from rutune.rundir import file_hash, stable_hash, write_json_atomic
+
+    key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
+                       "max_tokens": max_tokens, "overlength": overlength, "v": 1})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrow = cache_dir / f"{kind}-{key}.arrow"
+    counts_path = cache_dir / f"{kind}-{key}.counts.json"
+    raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
+    counts: dict[str, int] = {}
+    was_cached = arrow.exists() and counts_path.exists()
+    ds = raw.map(functools.partial(tokenize_batch, counts=counts), batched=True, batch_size=1000,
+                 with_indices=with_indices, remove_columns=raw.column_names, cache_file_name=str(arrow),
+                 load_from_cache_file=was_cached, new_fingerprint=key, desc=f"tokenize {kind}")
+    if was_cached:
+        counts = read_json(counts_path)
+    else:
+        write_json_atomic(counts_path, counts)
+    return raw, ds, counts
+
+
 def check_stage(stage) -> None:
     """Hyperparameters that would only fail deep inside torch; pydantic already rejects them in YAML."""
     if not stage.learning_rate > 0:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from rutune.rundir import RunDir, read_json, stable_hash, write_json_atomic
+from rutune.rundir import RunDir, write_json_atomic
 from rutune.train.errors import TrainError
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
@@ -51,27 +51,11 @@ def tokenized_dataset(tokenizer, parquet: Path, *, data_hash: str | None, max_to
 
     `counts` has `kept`, `truncated`, `dropped_overlength` — from the run that built the cache, stored beside it.
     """
-    import datasets
+    from rutune.train import runtime
 
-    from rutune.data.templates import template_hash
-    from rutune.rundir import file_hash
-
-    key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
-                       "max_tokens": max_tokens, "overlength": overlength, "v": 1})
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    arrow = cache_dir / f"sft-{key}.arrow"
-    counts_path = cache_dir / f"sft-{key}.counts.json"
-    raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
-    counts: dict[str, int] = {}
-    fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength,
-                           counts=counts)
-    was_cached = arrow.exists() and counts_path.exists()
-    ds = raw.map(fn, batched=True, batch_size=1000, remove_columns=raw.column_names, cache_file_name=str(arrow),
-                 load_from_cache_file=was_cached, new_fingerprint=key, desc="tokenize sft")
-    if was_cached:
-        counts = read_json(counts_path)
-    else:
-        write_json_atomic(counts_path, counts)
+    fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength)
+    raw, ds, counts = runtime.cached_tokenization(tokenizer, parquet, fn, kind="sft", data_hash=data_hash,
+                                                  max_tokens=max_tokens, overlength=overlength, cache_dir=cache_dir)
     if len(ds) == 0:
         raise TrainError(f"{parquet}: all {len(raw)} rows are longer than data.sft.max_tokens={max_tokens} "
                          f"(overlength: {overlength}); raise max_tokens or use overlength: truncate")

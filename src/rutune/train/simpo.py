@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from rutune.rundir import RunDir, read_json, stable_hash, write_json_atomic
+from rutune.rundir import RunDir, write_json_atomic
 from rutune.train.errors import TrainError
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids")
@@ -80,28 +80,13 @@ def _tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_tokens: i
 def tokenized_preferences(tokenizer, parquet: Path, *, data_hash: str | None, max_tokens: int, overlength: str,
                           cache_dir: Path):
     """Tokenise the pairs once per (data, tokenizer+template, length policy); returns (dataset, counts)."""
-    import datasets
+    from rutune.train import runtime
 
-    from rutune.data.templates import template_hash
-    from rutune.rundir import file_hash
-
-    key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
-                       "max_tokens": max_tokens, "overlength": overlength, "v": 1})
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    arrow = cache_dir / f"pref-{key}.arrow"
-    counts_path = cache_dir / f"pref-{key}.counts.json"
-    raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
-    counts: dict[str, int] = {}
     fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength,
-                           counts=counts, where=str(parquet))
-    was_cached = arrow.exists() and counts_path.exists()
-    ds = raw.map(fn, batched=True, batch_size=1000, with_indices=True, remove_columns=raw.column_names,
-                 cache_file_name=str(arrow), load_from_cache_file=was_cached, new_fingerprint=key,
-                 desc="tokenize preference pairs")
-    if was_cached:
-        counts = read_json(counts_path)
-    else:
-        write_json_atomic(counts_path, counts)
+                           where=str(parquet))
+    raw, ds, counts = runtime.cached_tokenization(tokenizer, parquet, fn, kind="pref", data_hash=data_hash,
+                                                  max_tokens=max_tokens, overlength=overlength, cache_dir=cache_dir,
+                                                  with_indices=True)
     if len(ds) == 0:
         raise TrainError(f"{parquet}: no usable pair among {len(raw)} rows ({_describe(counts)}); "
                          f"check the data or raise data.preference.max_tokens={max_tokens}")
