@@ -33,28 +33,46 @@ def normalise(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
-def shingles(text: str, chars: int = 4) -> set[int]:
-    """Hashed character n-grams of the normalised text (robust for short prompts, unlike word n-grams)."""
-    norm = normalise(text)
-    if len(norm) <= chars:
-        return {zlib.crc32(norm.encode())} if norm else set()
-    return {zlib.crc32(norm[i:i + chars].encode()) for i in range(len(norm) - chars + 1)}
+def shingles(text: str, chars: int = 4, *, normalised: bool = False) -> np.ndarray:
+    """Sorted unique hashes (uint64) of the character n-grams of the normalised text.
+
+    Vectorised: code points → a polynomial rolling hash of each n-gram, so a 400-character turn costs
+    microseconds. Deterministic across processes (no salted `hash()`), which keeps prepared mixtures stable.
+    """
+    norm = text if normalised else normalise(text)
+    if not norm:
+        return np.empty(0, dtype=np.uint64)
+    cps = np.frombuffer(norm.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(cps) <= chars:
+        cps = np.concatenate([cps, np.zeros(chars - len(cps) + 1, dtype=np.uint64)])
+    n = len(cps) - chars + 1
+    h = np.zeros(n, dtype=np.uint64)
+    for j in range(chars):
+        h = h * np.uint64(1_000_003) + cps[j:j + n]
+    return np.unique(h)
 
 
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sorted unique arrays."""
+    if not len(a) and not len(b):
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
 
 
 class Deduplicator:
     """Remembers what it has kept; `check(text)` → "duplicate_exact" | "duplicate_near" | None (and keeps it).
 
-    Near duplicates: MinHash LSH (16 bands × 4 rows) finds candidates; each candidate is then confirmed by the
-    exact Jaccard similarity of character shingles, so the threshold is not blurred by MinHash's estimate
-    noise. Kept texts are stored truncated to `MAX_CHARS` for that check.
+    Near duplicates: MinHash LSH (16 bands × 4 rows) finds candidates; their MinHash signatures (kept for every
+    row) screen them in one vectorised comparison, and the few whose estimate is near the threshold are confirmed
+    by the exact Jaccard similarity of character shingles, so the threshold is not blurred by estimate noise.
+    Memory per kept row: its normalised first turn (truncated to `MAX_CHARS`), a 256-byte signature, band keys.
     """
 
     _PRIME = (1 << 61) - 1
     MAX_CHARS = 400
+    SCREEN_MARGIN = 0.12  # estimates this far below the threshold still get the exact check (~2σ at 64 perms)
+    MAX_BUCKET = 64  # rows remembered per LSH bucket: bounds the work per row on highly repetitive data
 
     def __init__(self, *, exact: bool = True, near: bool = True, threshold: float = 0.7, shingle_chars: int = 4,
                  seed: int = 0):
@@ -67,12 +85,12 @@ class Deduplicator:
         self._seen_exact: set[int] = set()
         self._buckets: list[dict[int, list[int]]] = [dict() for _ in range(self._bands)]
         self._texts: list[str] = []
+        self._sigs = np.empty((1024, num_perm), dtype=np.uint32)
 
-    def _bands_of(self, sh: set[int]) -> list[int]:
-        h = np.fromiter(sh, dtype=np.uint64)
-        # (a*h + b) with uint64 wrap-around: a cheap universal-style hash family, enough for LSH bucketing.
-        sig = (np.outer(h, self._a) + self._b).min(axis=0)
-        return [hash(sig[i * self._rows:(i + 1) * self._rows].tobytes()) for i in range(self._bands)]
+    def _signature(self, sh: np.ndarray) -> np.ndarray:
+        h = sh
+        # (a*h + b) with uint64 wrap-around: a cheap universal-style hash family, enough for MinHash/LSH.
+        return ((np.outer(h, self._a) + self._b).min(axis=0) & 0xFFFFFFFF).astype(np.uint32)
 
     def check(self, text: str) -> str | None:
         norm = normalise(text)[: self.MAX_CHARS]
@@ -82,16 +100,24 @@ class Deduplicator:
         self._seen_exact.add(key)
         if not self.near or not norm:
             return None
-        sh = shingles(norm, self.shingle_chars)
-        bands = self._bands_of(sh)
-        candidates = {idx for band, b in enumerate(bands) for idx in self._buckets[band].get(b, ())}
-        for idx in sorted(candidates):
-            if jaccard(sh, shingles(self._texts[idx], self.shingle_chars)) >= self.threshold:
-                return "duplicate_near"
+        sh = shingles(norm, self.shingle_chars, normalised=True)
+        sig = self._signature(sh)
+        bands = [hash(sig[i * self._rows:(i + 1) * self._rows].tobytes()) for i in range(self._bands)]
+        candidates = sorted({idx for band, b in enumerate(bands) for idx in self._buckets[band].get(b, ())})
+        if candidates:
+            estimates = (self._sigs[candidates] == sig).mean(axis=1)
+            for idx in np.asarray(candidates)[estimates >= self.threshold - self.SCREEN_MARGIN]:
+                if jaccard(sh, shingles(self._texts[idx], self.shingle_chars, normalised=True)) >= self.threshold:
+                    return "duplicate_near"
         idx = len(self._texts)
         self._texts.append(norm)
+        if idx == len(self._sigs):
+            self._sigs = np.concatenate([self._sigs, np.empty_like(self._sigs)])
+        self._sigs[idx] = sig
         for band, b in enumerate(bands):
-            self._buckets[band].setdefault(b, []).append(idx)
+            bucket = self._buckets[band].setdefault(b, [])
+            if len(bucket) < self.MAX_BUCKET:
+                bucket.append(idx)
         return None
 
 
