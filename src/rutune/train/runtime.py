@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from rutune.rundir import RunDir, read_json, read_manifest
+from rutune.rundir import RunDir, read_json, read_manifest, write_json_atomic
 from rutune.train.checkpoints import (COMPLETE, CompletionMarker, latest_good_checkpoint, save_final_checkpoint,
                                       train_resumable, truncate_metrics)
 from rutune.train.errors import TrainError
@@ -101,7 +101,7 @@ def cached_tokenization(tokenizer, parquet: Path, tokenize_batch, *, kind: str, 
     import datasets
 
     from rutune.data.templates import template_hash
-    from rutune.rundir import file_hash, stable_hash, write_json_atomic
+    from rutune.rundir import file_hash, stable_hash
 
     key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
                        "max_tokens": max_tokens, "overlength": overlength, "v": 1})
@@ -119,6 +119,16 @@ def cached_tokenization(tokenizer, parquet: Path, tokenize_batch, *, kind: str, 
     else:
         write_json_atomic(counts_path, counts)
     return raw, ds, counts
+
+
+def finish_stage(trainer, tokenizer, cfg, stage, paths, meta: dict, *, init_path: str, counts: dict) -> Path:
+    """The end every recipe shares: final checkpoint (LoRA merged when asked), loss PNG, data counts."""
+    save_final_checkpoint(trainer, tokenizer, paths.checkpoint, meta, init_path=init_path,
+                          merge_lora=stage.lora.merge_on_save if stage.lora else False)
+    if trainer.is_world_process_zero():
+        plot_loss_curve(paths.metrics, paths.loss_png, title=f"{cfg.name} · {stage.name}")
+        write_json_atomic(paths.root / "data_counts.json", counts)
+    return paths.checkpoint
 
 
 def check_stage(stage) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from rutune.rundir import RunDir, write_json_atomic
+from rutune.rundir import RunDir
 from rutune.train.errors import TrainError
 
 FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
@@ -158,12 +158,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
                   "last_loss": metrics[-1]["loss"] if metrics else None,
                   "trained_tokens": sum(r.get("trained_tokens", 0) for r in metrics)},
     })
-    runtime.save_final_checkpoint(trainer, tokenizer, paths.checkpoint, meta, init_path=init_path,
-                                  merge_lora=stage.lora.merge_on_save if stage.lora else False)
-    if trainer.is_world_process_zero():
-        runtime.plot_loss_curve(paths.metrics, paths.loss_png, title=f"{cfg.name} · {stage.name}")
-        write_json_atomic(paths.root / "data_counts.json", counts)
-    return paths.checkpoint
+    return runtime.finish_stage(trainer, tokenizer, cfg, stage, paths, meta, init_path=init_path, counts=counts)
 
 
 __all__ = ["build_trainer", "choose_attention", "run_stage", "sft_data", "sft_step_loss", "tokenized_dataset"]
