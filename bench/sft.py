@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rutune.models import chatml_template
+
 WORDS = ("привет модель ответ вопрос данные обучение текст язык русский пример задача решение город река книга "
          "время человек работа система документ поиск знание память число строка москва казань волга история "
          "наука школа письмо закон право рынок цена").split()
@@ -51,22 +53,7 @@ def make_chats(n: int, seed: int = 0) -> list[list[dict]]:
     return chats
 
 
-MARKED_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message.content + '<|im_end|>' }}{% endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+MARKED_TEMPLATE = chatml_template(generation_markers=True)  # what TRL's assistant_only_loss needs
 
 
 def clock() -> float:

@@ -12,27 +12,13 @@ import torch
 
 trl = pytest.importorskip("trl")
 
+from rutune.models import chatml_template  # noqa: E402
 from rutune.train.attention import PACKED_SDPA  # noqa: E402
 from rutune.train.collators import pack_sft  # noqa: E402
 
 torch.set_num_threads(2)
 
-MARKED_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message.content + '<|im_end|>' }}{% endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+MARKED_TEMPLATE = chatml_template(generation_markers=True)  # what TRL's assistant_only_loss needs
 
 ROWS = [
     [{"role": "user", "content": "Привет! Как дела?"}, {"role": "assistant", "content": "Отлично, спасибо."}],

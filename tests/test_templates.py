@@ -326,3 +326,23 @@ def test_bad_messages(tok):
         tokenize_pair(tok, SINGLE, "a", "b")
     with pytest.raises(TemplateError, match="overlength"):
         tokenize_chat(tok, SINGLE, max_tokens=3, overlength="cut")
+
+
+def test_marked_chatml_copy_renders_the_same_text(tiny_model_dir):
+    """The `{% generation %}` copy handed to TRL must render exactly what the tiny model's own template renders."""
+    from rutune.models import chatml_template
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    marked = load_tokenizer(str(tiny_model_dir))
+    marked.chat_template = chatml_template(generation_markers=True)
+    chats = [
+        [{"role": "user", "content": "Привет"}, {"role": "assistant", "content": "Здравствуйте!"}],
+        [{"role": "system", "content": "Ты помощник."}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}, {"role": "user", "content": "А 3+3?"},
+         {"role": "assistant", "content": "6"}],
+    ]
+    for chat in chats:
+        for gen in (False, True):
+            msgs = chat[:-1] if gen else chat
+            assert render(marked, msgs, add_generation_prompt=gen) == render(tok, msgs, add_generation_prompt=gen)
+    assert "{% generation %}" in marked.chat_template and "{% generation %}" not in tok.chat_template

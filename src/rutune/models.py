@@ -17,20 +17,38 @@ from rutune.rundir import atomic_path, stable_hash
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# Qwen2.5's template without the tools branch; the default system prompt is kept so renders match Qwen2.5.
-CHATML_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant') %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+def chatml_template(*, generation_markers: bool = False) -> str:
+    """Qwen2.5's chat template without the tools branch (the default system prompt kept, so renders match Qwen2.5).
+
+    `generation_markers=True` wraps each assistant turn's content + `<|im_end|>` in `{% generation %}` — the form
+    TRL's `assistant_only_loss` needs. It renders the same text; rutune's own masks never need the markers, the
+    marked copy exists for parity tests and benchmarks against TRL.
+    """
+    if generation_markers:
+        assistant = ("{%- elif message.role == 'assistant' %}"
+                     "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message.content + '<|im_end|>' }}"
+                     "{% endgeneration %}{{- '\\n' }}")
+        other = "(message.role == 'user') or (message.role == 'system' and not loop.first)"
+    else:
+        assistant = ""
+        other = "(message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant')"
+    return (
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}"
+        "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        f"{{%- if {other} %}}"
+        "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+        f"{assistant}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+
+
+CHATML_TEMPLATE = chatml_template()
 
 TINY_DEFAULTS = dict(vocab_size=4096, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                      intermediate_size=128, max_position_embeddings=8192)
