@@ -26,10 +26,6 @@ app.add_typer(eval_app, name="eval")
 console = Console(stderr=True)
 
 
-class UserError(Exception):
-    """Base for errors caused by input, shown as one line without a traceback."""
-
-
 def fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -41,7 +37,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from rutune.models import ModelError
     from rutune.records import RecordError
 
-    errors: list[type[BaseException]] = [ConfigError, ModelError, RecordError, UserError, FileNotFoundError]
+    errors: list[type[BaseException]] = [ConfigError, ModelError, RecordError, FileNotFoundError]
     for mod, name in (("rutune.data.sources", "DataError"), ("rutune.eval.errors", "EvalError"),
                       ("rutune.train.errors", "TrainError")):
         try:

@@ -99,9 +99,3 @@ class TrainConfig(_Strict):
             seen.append(stage.name)
         if problems:
             raise ValueError("; ".join(problems))
-
-    def stage(self, name: str):
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise KeyError(name)

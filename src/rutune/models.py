@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rutune.rundir import atomic_path, stable_hash
+from rutune.rundir import stable_hash
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -184,4 +184,4 @@ def resolve_model_path(path: str, *, seed: int = 0, gguf_file: str | None = None
     return path  # a hub id: from_pretrained reports if it cannot be reached
 
 
-__all__ = ["atomic_path", "build_tiny_model", "resolve_model_path", "tiny_model_path", "CHATML_TEMPLATE"]
+__all__ = ["build_tiny_model", "chatml_template", "resolve_model_path", "tiny_model_path", "CHATML_TEMPLATE"]

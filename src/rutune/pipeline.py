@@ -85,13 +85,9 @@ def run_prepare_stage(cfg, force: set[str], log: StageLog) -> dict:
 
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
     h = prepare_hash(cfg)
-    if "prepare" not in force and _reuse(cfg, "prepare", h, run.prepare):
-        log.add("prepare", "linked")
+    linked = "prepare" not in force and _reuse(cfg, "prepare", h, run.prepare)
     manifest = run_prepare(cfg, force="prepare" in force)
-    if not manifest.get("skipped"):
-        log.add("prepare", "done")
-    elif not log.entries or log.entries[-1] != ("prepare", "linked"):
-        log.add("prepare", "skipped")
+    log.add("prepare", "linked" if linked else "skipped" if manifest.get("skipped") else "done")
     _index_add(cfg, "prepare", h, run.prepare)
     return manifest
 

@@ -92,9 +92,6 @@ class RunDir:
     def for_experiment(cls, output_root: str | os.PathLike, name: str) -> "RunDir":
         return cls(Path(output_root) / name)
 
-    def stage(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
     @property
     def prepare(self) -> Path:
         return self.root / "prepare"

@@ -9,7 +9,6 @@ samples are such files). Source-specific filters that need raw columns (scores, 
 from __future__ import annotations
 
 import json
-import random
 import re
 import zlib
 from dataclasses import dataclass
@@ -328,7 +327,3 @@ def _with_row(record, index: int):
     record.meta["row"] = index
     return record
 
-
-def shuffle_key(seed: int, source: str, index: int) -> float:
-    """Deterministic per-row random key; used to order rows reproducibly without materialising them."""
-    return random.Random(f"{seed}:{source}:{index}").random()
