@@ -4,7 +4,7 @@ Each length runs in a fresh process (so peak RSS is that item's), on a tiny mode
 `max_position_embeddings` is raised to fit 32k plus the instruction. One generated QA1 item per length,
 greedy, 16 new tokens, hf backend, no chat template. Prints per-length numbers (CPU seconds on one thread: the machine is shared) and the growth exponents
 between neighbouring lengths (time ∝ L^a, extra memory ∝ L^b). Goal: b ≤ 1 (memory at most linear) and
-32k inside 24 GiB.
+32k inside 24 GiB. The last line is `ratio: X`: peak RSS at the longest length as a fraction of 24 GiB.
 
 Run:  .venv/bin/python bench/longctx.py --lengths 1k 2k 4k 8k 16k 32k
 """
@@ -81,6 +81,9 @@ def main() -> None:
         t_exp = math.log(b["cpu_seconds"] / a["cpu_seconds"]) / ratio
         m_exp = math.log(max(b["extra_mib"], 1) / max(a["extra_mib"], 1)) / ratio
         print(f"  {a['length']:>4} → {b['length']:<4}: time L^{t_exp:.2f}, memory L^{m_exp:.2f}")
+    if rows:
+        print(f"peak RSS at {rows[-1]['length']}: {rows[-1]['peak_mib']:.0f} MiB")
+        print(f"ratio: {rows[-1]['peak_mib'] / (24 * 1024):.3f}")
 
 
 if __name__ == "__main__":

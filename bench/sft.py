@@ -104,7 +104,7 @@ def run_rutune(model_dir, chats, steps, warmup, batch, lr, out):
 
     from rutune.config_train import SftStage
     from rutune.data.templates import load_tokenizer, tokenize_chats
-    from rutune.train.attention import PACKED_SDPA
+    from rutune.attention import PACKED_SDPA
     from rutune.train.collators import pack_sft
     from rutune.train.runtime import training_arguments
     from rutune.train.sft import build_trainer
@@ -136,7 +136,7 @@ def run_bare(model_dir, chats, steps, warmup, batch, lr, out):
     from transformers import AutoModelForCausalLM
 
     from rutune.data.templates import load_tokenizer, tokenize_chats
-    from rutune.train.attention import PACKED_SDPA
+    from rutune.attention import PACKED_SDPA
     from rutune.train.collators import pack_sft
     from rutune.train.losses import sft_loss
 

@@ -80,14 +80,20 @@ def brute_loglikelihood(backend, context: str, continuation: str) -> tuple[float
     return total, greedy
 
 
-def test_loglikelihood_equals_separate_forwards_at_any_batch_size(backend):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_loglikelihood_equals_separate_forwards_at_any_batch_size(backend, packed):
+    """Packed rows (per-sequence attention) and left-padded rows both give each request's own forward."""
+    assert backend.packed  # the tiny model runs SDPA, so the default is the packed path
     reqs = [LoglikelihoodRequest(ctx, " " + letter) for ctx in PROMPTS[:5] for letter in "ABCD"]
     reqs += [LoglikelihoodRequest("Столица России — ", "Москва"), LoglikelihoodRequest("Вопрос ", "и ответ тут")]
     results = {}
-    for bs in (1, 3, 8):
-        backend.batch_size = bs
-        results[bs] = backend.loglikelihood(reqs)
-    backend.batch_size = 8
+    try:
+        backend.packed = packed
+        for bs in (1, 3, 8):
+            backend.batch_size = bs
+            results[bs] = backend.loglikelihood(reqs)
+    finally:
+        backend.batch_size, backend.packed = 8, True
     for r, a, b, c in zip(reqs, results[1], results[3], results[8]):
         ref, greedy = brute_loglikelihood(backend, r.context, r.continuation)
         assert a.logprob == pytest.approx(ref, abs=1e-4)

@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "rutune"
 
 RANK = {"base": 0, "data": 1, "train": 2, "eval": 2, "report": 3, "top": 4}
-BASE = {"records", "config", "config_train", "config_eval", "rundir", "models", "__init__", "real_models"}
+BASE = {"records", "config", "config_train", "config_eval", "rundir", "models", "attention", "__init__", "real_models"}
 TOP = {"cli", "serve", "serve_app", "pipeline", "sweep", "demo", "__main__"}
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rutune.train.attention import PACKED_SDPA
+from rutune.attention import PACKED_SDPA
 from rutune.train.collators import pack_sft, pad_sft, shift_targets
 from rutune.train.losses import sft_loss, token_nll_sum
 

@@ -13,7 +13,7 @@ import torch
 trl = pytest.importorskip("trl")
 
 from rutune.models import chatml_template  # noqa: E402
-from rutune.train.attention import PACKED_SDPA  # noqa: E402
+from rutune.attention import PACKED_SDPA  # noqa: E402
 from rutune.train.collators import pack_sft  # noqa: E402
 
 torch.set_num_threads(2)

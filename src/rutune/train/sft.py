@@ -111,7 +111,7 @@ def build_trainer(model, tokenizer, dataset, args, *, packing: bool, callbacks=(
 
 def choose_attention(model_cfg, packing: bool) -> str | None:
     """Packed batches: flash-attention varlen when configured, else rutune's per-sequence SDPA."""
-    from rutune.train.attention import PACKED_SDPA
+    from rutune.attention import PACKED_SDPA
 
     configured = model_cfg.attn_implementation if model_cfg is not None else None
     if not packing:
