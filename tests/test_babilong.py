@@ -202,3 +202,23 @@ def test_hub_code_path_on_a_local_repo(tmp_path, monkeypatch):
     assert [r["metadata"]["id"] for r in rows] == ["r0", "r1"] and rows[0]["length"] == "4k"
     with pytest.raises(EvalError, match="cannot load"):
         load_hub_rows(str(tmp_path / "absent-repo"), "qa1", None)
+
+
+def test_libra_hub_id_loads_the_pinned_revision(monkeypatch):
+    import datasets
+
+    from rutune.eval import babilong
+
+    seen = []
+
+    def fake_load(name, config, split=None, revision=None):
+        seen.append((name, config, split, revision))
+        return libra_rows(1, "4k")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    babilong.load_hub_rows("ai-forever/LIBRA", "qa2", None)
+    babilong.load_hub_rows("ai-forever/LIBRA", "qa1", "abc123")
+    babilong.load_hub_rows("someone/LIBRA-copy", "qa1", None)
+    assert seen == [("ai-forever/LIBRA", "ru_babilong_qa2", "test", "55cd1f153a2eab82464bf862097877555501c8d8"),
+                    ("ai-forever/LIBRA", "ru_babilong_qa1", "test", "abc123"),
+                    ("someone/LIBRA-copy", "ru_babilong_qa1", "test", None)]

@@ -232,6 +232,53 @@ def test_hub_code_paths_on_local_repo_layouts(tmp_path, monkeypatch):
     assert len(_load_hub(str(tmp_path / "mera"), "mera", "test", None, None)) == 20
 
 
+def test_mmlu_ru_2023_parquet_layout(tmp_path, monkeypatch):
+    """The pinned mmlu_ru conversion keeps `<subject>/mmlu_ru-<split>.parquet`: loaded when `<split>/` has none."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rutune.eval.mmlu_data import _load_hub
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    (tmp_path / "repo" / "virology" / "test").mkdir(parents=True)  # duckdb index folder: no parquet inside
+    (tmp_path / "repo" / "virology" / "test" / "index.duckdb").write_bytes(b"")
+    pq.write_table(pa.Table.from_pylist([{"question_ru": "Что?", "choices_ru": ["a", "b", "c", "d"], "answer": 3}]),
+                   tmp_path / "repo" / "virology" / "mmlu_ru-test.parquet")
+    got = _load_hub(str(tmp_path / "repo"), "mmlu_ru", "test", None, ["virology"])
+    assert [(x.id, x.gold) for x in got] == [("mmlu_ru-virology-test-0", "D")]
+
+
+def test_canonical_hub_ids_load_pinned_revisions(backend, tmp_path, monkeypatch):
+    """MERA and mmlu_ru load fixed commits unless a revision is given; results.json records the one used."""
+    import datasets
+
+    from rutune.eval import mmlu_data
+
+    seen = []
+    mera_rows = [json.loads(x) for x in Path(MERA).read_text().splitlines()]
+
+    def fake_load(name, config=None, split=None, revision=None, data_files=None):
+        seen.append((name, config, revision, data_files))
+        if name == mmlu_data.MERA_HUB[0]:
+            return mera_rows
+        return [{"question_ru": "Что?", "choices_ru": ["a", "b", "c", "d"], "answer": 0}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert len(load_questions("MERA-evaluation/MERA", "mera")) == len(mera_rows)
+    load_questions("NLPCoreTeam/mmlu_ru", "mmlu_ru", domains=["virology"])
+    load_questions("NLPCoreTeam/mmlu_ru", "mmlu_ru", revision="abc", domains=["virology"])
+    load_questions("someone/mmlu_ru_copy", "mmlu_ru", domains=["virology"])
+    assert seen == [
+        ("MERA-evaluation/MERA", "rummlu", "05ae2bc1b760ccbcd73b1b94b52daed71b9a53da", None),
+        ("NLPCoreTeam/mmlu_ru", None, "4178e5c3dc58ad09d2b0a2fa0ce78165f53fecc0", {"test": "virology/test/*.parquet"}),
+        ("NLPCoreTeam/mmlu_ru", None, "abc", {"test": "virology/test/*.parquet"}),
+        ("someone/mmlu_ru_copy", None, "refs/convert/parquet", {"test": "virology/test/*.parquet"})]
+    res = run_mmlu(MmluConfig(path="MERA-evaluation/MERA", limit=2, bootstrap_rounds=10), BackendConfig(), "tiny",
+                   tmp_path / "o", backend=backend)
+    assert res["extra"]["revision"] == "05ae2bc1b760ccbcd73b1b94b52daed71b9a53da"
+
+
 def test_bundled_sample_loads_and_runs_five_shot(backend, tmp_path):
     from rutune.eval.mmlu_data import SAMPLE
 

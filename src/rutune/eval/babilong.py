@@ -29,6 +29,8 @@ from rutune.eval.items import ItemsLog
 from rutune.eval.stats import bootstrap_ci, stratified_bootstrap_ci
 
 LIBRA_HUB = "ai-forever/LIBRA"
+# The July 2024 upload with ru_babilong_qa1..qa3 at 4k–128k (a late-2025 update re-cut the lengths).
+LIBRA_REVISION = "55cd1f153a2eab82464bf862097877555501c8d8"
 TASK_CONFIG = {"qa1": "ru_babilong_qa1", "qa2": "ru_babilong_qa2"}
 # rutune's own instructions (LIBRA's task file is accepted via `task_file`).
 DEFAULT_TEMPLATES = {
@@ -171,10 +173,16 @@ def load_rows(source: str, task: str, revision: str | None) -> list[dict]:
     return load_hub_rows(source, task, revision)
 
 
+def hub_revision(source: str, revision: str | None) -> str | None:
+    """The given revision, else the pinned one for LIBRA's own hub id (another id loads its main branch)."""
+    return revision or (LIBRA_REVISION if source == LIBRA_HUB else None)
+
+
 def load_hub_rows(source: str, task: str, revision: str | None) -> list[dict]:
     """`datasets.load_dataset(source, "ru_babilong_qaN", split="test", revision=...)` (LIBRA's hub layout)."""
     import datasets
 
+    revision = hub_revision(source, revision)
     try:
         ds = datasets.load_dataset(source, TASK_CONFIG[task], split="test", revision=revision)
     except (FileNotFoundError, ConnectionError, OSError) as e:
@@ -325,8 +333,9 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
 
         backend = make_backend(backend_cfg, model_path)
     items = _items(cfg, backend, seed)
+    revision = hub_revision(cfg.source, cfg.revision) if cfg.source != "generate" else None
     fingerprint = {"suite": "babilong", "model_path": str(model_path), "source": cfg.source,
-                   "revision": cfg.revision, "templates": {t: templates[t] for t in cfg.tasks}, "seed": seed,
+                   "revision": revision, "templates": {t: templates[t] for t in cfg.tasks}, "seed": seed,
                    "max_new_tokens": cfg.max_new_tokens, "overlength": cfg.overlength,
                    "window": getattr(backend, "max_length", None),
                    "lemmatiser": lemmatiser_name() if cfg.lemmatise else "none"}
@@ -346,7 +355,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
     rows = log.ordered([rid for rid, _, _ in items])
     metrics, extra = babilong_metrics(rows, list(cfg.tasks), list(cfg.lengths), rounds=cfg.bootstrap_rounds,
                                       seed=seed)
-    extra.update({"source": cfg.source, "revision": cfg.revision, "templates": template_source,
+    extra.update({"source": cfg.source, "revision": revision, "templates": template_source,
                   "lengths": list(cfg.lengths), "overlength": cfg.overlength, "max_new_tokens": cfg.max_new_tokens,
                   "lemmatiser": lemmatiser_name() if cfg.lemmatise else "none", "window": getattr(backend, "max_length", None),
                   "unit": "fraction"})

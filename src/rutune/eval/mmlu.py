@@ -26,7 +26,7 @@ import numpy as np
 
 from rutune.eval.errors import EvalError
 from rutune.eval.items import ItemsLog
-from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, load_questions
+from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, hub_revision, is_hub_id, load_questions
 from rutune.eval.stats import metric_entry, stratified_bootstrap_ci
 
 MMLU_RU_HEADER = "Ниже приведены вопросы с множественным выбором (с ответами) по {subject}.\n\n"
@@ -175,8 +175,9 @@ def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int =
     pool_by_domain: dict[str, list[Question]] = defaultdict(list)
     for q in pool:
         pool_by_domain[q.domain].append(q)
+    revision = hub_revision(cfg.path, cfg.format, cfg.revision) if is_hub_id(cfg.path) else cfg.revision
     fingerprint = {"suite": "mmlu", "model_path": str(model_path), "format": cfg.format, "shots": cfg.shots,
-                   "source": cfg.path, "revision": cfg.revision, "split": cfg.split, "seed": seed,
+                   "source": cfg.path, "revision": revision, "split": cfg.split, "seed": seed,
                    "chat_template": cfg.chat_template}
     log = ItemsLog(out_dir, fingerprint)
     todo = [q for q in questions if q.id not in log.done]
@@ -196,7 +197,7 @@ def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int =
     rows = log.ordered([q.id for q in questions])
     metrics, extra = mmlu_metrics(rows, rounds=cfg.bootstrap_rounds, seed=seed)
     extra.update({"format": cfg.format, "shots": cfg.shots, "source": cfg.path or "bundled:rummlu_mera.jsonl",
-                  "revision": cfg.revision, "split": cfg.split, "chat_template": cfg.chat_template})
+                  "revision": revision, "split": cfg.split, "chat_template": cfg.chat_template})
     results = {"suite": "mmlu", "model": model_label or Path(str(model_path)).name, "model_path": str(model_path),
                "metrics": metrics, "extra": extra}
     write_json_atomic(Path(out_dir) / "results.json", results)

@@ -20,6 +20,11 @@ LETTERS = ("A", "B", "C", "D")
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "rummlu_mera.jsonl"
 MERA_HUB = ("MERA-evaluation/MERA", "rummlu")
 MMLU_RU_HUB = "NLPCoreTeam/mmlu_ru"
+# Default revisions of the two canonical hub ids (another id loads its main branch unless one is given).
+# MERA v1.2 at its README update after the data uploads; mmlu_ru has only a loading script on main, so its
+# parquet conversion (branch refs/convert/parquet) is pinned at a commit with all subjects converted.
+PINNED_REVISIONS = {MERA_HUB[0]: "05ae2bc1b760ccbcd73b1b94b52daed71b9a53da",
+                    MMLU_RU_HUB: "4178e5c3dc58ad09d2b0a2fa0ce78165f53fecc0"}
 
 # MMLU's four reporting categories (the grouping of Hendrycks et al., also used by mmlu_ru's macro score).
 _CATEGORY_DOMAINS = {
@@ -192,19 +197,43 @@ def _load_local(path: Path, fmt: str, split: str) -> list[Question]:
     return questions
 
 
+def hub_revision(path: str | None, fmt: str, revision: str | None) -> str | None:
+    """The revision a hub load uses: the given one, else the pinned one of a canonical id.
+
+    Another mmlu_ru-format id defaults to its parquet conversion branch (loading scripts do not run).
+    """
+    if revision or path is None:
+        return revision
+    if path in PINNED_REVISIONS:
+        return PINNED_REVISIONS[path]
+    return "refs/convert/parquet" if fmt == "mmlu_ru" else None
+
+
+def _load_mmlu_ru_subject(name: str, subject: str, split: str, revision: str | None):
+    """One subject from a parquet conversion, in either of the converter's layouts."""
+    import datasets
+
+    layouts = (f"{subject}/{split}/*.parquet", f"{subject}/mmlu_ru-{split}.parquet")  # current, 2023
+    for k, pattern in enumerate(layouts):
+        try:
+            return datasets.load_dataset(name, data_files={split: pattern}, split=split, revision=revision)
+        except FileNotFoundError:
+            if k == len(layouts) - 1:
+                raise
+
+
 def _load_hub(name: str, fmt: str, split: str, revision: str | None, domains: list[str] | None) -> list[Question]:
     import datasets
 
+    revision = hub_revision(name, fmt, revision)
     try:
         if fmt == "mera":
             config = MERA_HUB[1] if name == MERA_HUB[0] else None
             ds = datasets.load_dataset(name, config, split=split, revision=revision)
             return [parse_mera_row(row, f"{name}@{revision}:{split}:{i}") for i, row in enumerate(ds)]
         questions = []
-        # The parquet conversion branch serves every subject without the dataset's loading script.
         for subject in domains or DOMAINS:
-            ds = datasets.load_dataset(name, data_files={split: f"{subject}/{split}/*.parquet"}, split=split,
-                                       revision=revision or "refs/convert/parquet")
+            ds = _load_mmlu_ru_subject(name, subject, split, revision)
             questions += [parse_mmlu_ru_row(row, subject, i, split, f"{name}/{subject}:{split}:{i}")
                           for i, row in enumerate(ds)]
         return questions
@@ -222,9 +251,16 @@ def load_questions(path: str | None, fmt: str, split: str = "test", revision: st
         if not SAMPLE.exists():
             raise EvalError(f"bundled ruMMLU sample {SAMPLE} is missing; pass --data")
         return _load_local(SAMPLE, "mera", split)
-    local = Path(path).expanduser()
-    if local.exists():
+    if not is_hub_id(path):
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise EvalError(f"ruMMLU data {path}: file not found")
         return _load_local(local, fmt, split)
-    if path.startswith(("/", "./", "../", "~")) or Path(path).suffix in (".jsonl", ".json", ".parquet"):
-        raise EvalError(f"ruMMLU data {path}: file not found")
     return _load_hub(path, fmt, split, revision, domains)
+
+
+def is_hub_id(path: str | None) -> bool:
+    """A path that names no local file and does not look like one (so it is a hub dataset id)."""
+    if path is None or Path(path).expanduser().exists():
+        return False
+    return not (path.startswith(("/", "./", "../", "~")) or Path(path).suffix in (".jsonl", ".json", ".parquet"))
