@@ -1,6 +1,6 @@
 """Design.md's one-way arrows, checked by walking every import with stdlib `ast`.
 
-records · config · rundir · models  ←  data  ←  train · eval  ←  report  ←  cli · serve · pipeline
+records · config · rundir · models · attention  ←  data  ←  train · eval  ←  report  ←  cli · serve · pipeline
 `eval` never imports `train`; `report` never imports torch (directly or through what it imports).
 """
 
