@@ -233,12 +233,16 @@ def describe_location(cfg) -> str:
     adapter = REGISTRY[cfg.name]
     if cfg.path is None:
         return str(SAMPLES / f"{cfg.name}.jsonl")
-    if _is_local(cfg.path):
+    if is_local_path(cfg.path):
         return cfg.path
     return f"{cfg.path}@{cfg.revision or adapter.revision or 'main'}"
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
+    """Local data rather than a hub id: an existing path, or one written like a path or a data file.
+
+    A missing `./x`, `/x` or `x.jsonl` is then reported as a missing file, not as a hub id that cannot load.
+    """
     return Path(path).expanduser().exists() or path.startswith(("/", ".", "~")) or path.endswith(
         (".jsonl", ".json", ".parquet"))
 
@@ -282,7 +286,7 @@ def load_source(cfg):
 
     adapter = REGISTRY[cfg.name]
     datasets.disable_progress_bars()
-    if cfg.path is None or _is_local(cfg.path):
+    if cfg.path is None or is_local_path(cfg.path):
         path = Path(cfg.path).expanduser() if cfg.path else SAMPLES / f"{cfg.name}.jsonl"
         kind, files = _local_files(path)
         check_local_file(files)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rutune.data.sources import is_local_path
 from rutune.eval.errors import EvalError
 
 HUB_QUESTIONS = "Vikhrmodels/ru-arena-general"
@@ -90,15 +91,11 @@ def question_from_row(row: dict, where: str) -> Question:
                     row.get("category"))
 
 
-def _looks_like_hub_id(ref: str) -> bool:
-    return "/" in ref and not ref.startswith((".", "/", "~")) and not Path(ref).exists() and ref.count("/") == 1
-
-
 def load_questions(ref: str | os.PathLike | None = None, revision: str | None = None,
                    limit: int | None = None) -> list[Question]:
     """Questions from a local jsonl (default: benchdata, else the bundled placeholders) or a hub dataset id."""
     ref = str(ref) if ref is not None else str(default_questions())
-    if _looks_like_hub_id(ref):
+    if not is_local_path(ref):
         import datasets
 
         try:

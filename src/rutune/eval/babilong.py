@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from rutune.eval.babilong_gen import generate_items, parse_length
+from rutune.data.sources import is_local_path
 from rutune.eval.errors import EvalError
 from rutune.eval.items import ItemsLog
 from rutune.eval.stats import bootstrap_ci, stratified_bootstrap_ci
@@ -155,8 +156,10 @@ def load_rows(source: str, task: str, revision: str | None) -> list[dict]:
     """LIBRA rows for one task from a local file/folder or the hub (`ai-forever/LIBRA` or another id)."""
     from rutune.eval.mmlu_data import read_rows
 
-    local = Path(source).expanduser()
-    if local.exists():
+    if is_local_path(source):
+        local = Path(source).expanduser()
+        if not local.exists():
+            raise EvalError(f"eval.babilong.source: {source}: file not found")
         files = _local_files(local, task)
         if not files:
             raise EvalError(f"{source}: no data for {TASK_CONFIG[task]} (expected {TASK_CONFIG[task]}.jsonl "
@@ -168,8 +171,6 @@ def load_rows(source: str, task: str, revision: str | None) -> list[dict]:
                     continue
                 rows.append(_check_row(row, where))
         return rows
-    if source.startswith(("/", "./", "../", "~")) or local.suffix in (".jsonl", ".json", ".parquet"):
-        raise EvalError(f"eval.babilong.source: {source}: file not found")
     return load_hub_rows(source, task, revision)
 
 
@@ -333,7 +334,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
 
         backend = make_backend(backend_cfg, model_path)
     items = _items(cfg, backend, seed)
-    revision = hub_revision(cfg.source, cfg.revision) if cfg.source != "generate" else None
+    revision = None if cfg.source == "generate" or is_local_path(cfg.source) else hub_revision(cfg.source, cfg.revision)
     fingerprint = {"suite": "babilong", "model_path": str(model_path), "source": cfg.source,
                    "revision": revision, "templates": {t: templates[t] for t in cfg.tasks}, "seed": seed,
                    "max_new_tokens": cfg.max_new_tokens, "overlength": cfg.overlength,

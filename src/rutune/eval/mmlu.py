@@ -26,7 +26,7 @@ import numpy as np
 
 from rutune.eval.errors import EvalError
 from rutune.eval.items import ItemsLog
-from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, hub_revision, is_hub_id, load_questions
+from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, hub_revision, load_questions
 from rutune.eval.stats import metric_entry, stratified_bootstrap_ci
 
 MMLU_RU_HEADER = "Ниже приведены вопросы с множественным выбором (с ответами) по {subject}.\n\n"
@@ -175,7 +175,7 @@ def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int =
     pool_by_domain: dict[str, list[Question]] = defaultdict(list)
     for q in pool:
         pool_by_domain[q.domain].append(q)
-    revision = hub_revision(cfg.path, cfg.format, cfg.revision) if is_hub_id(cfg.path) else cfg.revision
+    revision = hub_revision(cfg.path, cfg.format, cfg.revision)
     fingerprint = {"suite": "mmlu", "model_path": str(model_path), "format": cfg.format, "shots": cfg.shots,
                    "source": cfg.path, "revision": revision, "split": cfg.split, "seed": seed,
                    "chat_template": cfg.chat_template}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from rutune.data.sources import is_local_path
 from rutune.eval.errors import EvalError
 
 LETTERS = ("A", "B", "C", "D")
@@ -198,11 +199,11 @@ def _load_local(path: Path, fmt: str, split: str) -> list[Question]:
 
 
 def hub_revision(path: str | None, fmt: str, revision: str | None) -> str | None:
-    """The revision a hub load uses: the given one, else the pinned one of a canonical id.
+    """The revision a hub load uses: the given one, else the pinned one of a canonical id (None: local data).
 
     Another mmlu_ru-format id defaults to its parquet conversion branch (loading scripts do not run).
     """
-    if revision or path is None:
+    if revision or path is None or is_local_path(path):
         return revision
     if path in PINNED_REVISIONS:
         return PINNED_REVISIONS[path]
@@ -251,16 +252,9 @@ def load_questions(path: str | None, fmt: str, split: str = "test", revision: st
         if not SAMPLE.exists():
             raise EvalError(f"bundled ruMMLU sample {SAMPLE} is missing; pass --data")
         return _load_local(SAMPLE, "mera", split)
-    if not is_hub_id(path):
+    if is_local_path(path):
         local = Path(path).expanduser()
         if not local.exists():
             raise EvalError(f"ruMMLU data {path}: file not found")
         return _load_local(local, fmt, split)
     return _load_hub(path, fmt, split, revision, domains)
-
-
-def is_hub_id(path: str | None) -> bool:
-    """A path that names no local file and does not look like one (so it is a hub dataset id)."""
-    if path is None or Path(path).expanduser().exists():
-        return False
-    return not (path.startswith(("/", "./", "../", "~")) or Path(path).suffix in (".jsonl", ".json", ".parquet"))
