@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rutune.config_eval import NllConfig
+from rutune.config_eval import BackendConfig, NllConfig
 from rutune.data.templates import IGNORE_INDEX, tokenize_chat
 from rutune.eval.backends import GenerationResult
 from rutune.eval.errors import EvalError
@@ -179,7 +179,7 @@ def test_run_nll_writes_items_results_and_resumes(tiny, zero_model, tmp_path):
     cfg = NllConfig(max_new_tokens=5, batch_size=2, bootstrap_rounds=100)
     backend = Backend(zero_model, tokenizer, ["Ответ", "Answer", "Да, да"])
     out = tmp_path / "eval" / "nll" / "base"
-    results = run_nll(cfg, "zero", holdout, out, backend=backend, model_label="base")
+    results = run_nll(cfg, BackendConfig(), "zero", holdout, out, backend=backend, model_label="base")
     items = read_items(out / "items.jsonl")
     assert [i["source"] for i in items] == ["grandmaster_pro_max", "saiga_scored", "saiga_scored"]
     assert len({i["id"] for i in items}) == 3 and all(i["id"].startswith(i["source"] + "-") for i in items)
@@ -198,19 +198,32 @@ def test_run_nll_writes_items_results_and_resumes(tiny, zero_model, tmp_path):
     assert on_disk["metrics"]["own_cyrillic_share"]["item_key"] == "own_cyrillic_share"
     assert on_disk["extra"]["sources"] == {"grandmaster_pro_max": 1, "saiga_scored": 2}
     # a rerun finds every item done: no model call, same numbers
-    again = run_nll(cfg, "zero", holdout, out, backend=None, model_label="base")
+    again = run_nll(cfg, BackendConfig(), "zero", holdout, out, backend=None, model_label="base")
     assert again["metrics"] == results["metrics"]
     # ids pair across models: another model's items carry the same ids in the same order
-    other = run_nll(NllConfig(max_new_tokens=0), "tiny", holdout, tmp_path / "other",
+    other = run_nll(NllConfig(max_new_tokens=0), BackendConfig(), "tiny", holdout, tmp_path / "other",
                     backend=Backend(tiny[0], tokenizer))
     assert [i["id"] for i in read_items(tmp_path / "other" / "items.jsonl")] == [i["id"] for i in items]
     assert "cyrillic_share" not in other["metrics"]
 
 
+def test_backend_config_reaches_the_model(tiny_model_dir, tmp_path):
+    """`eval.backend.dtype` applies to the held-out NLL too: bf16 weights give (slightly) different NLLs."""
+    holdout = write_holdout(tmp_path / "sft_holdout.parquet")
+    cfg = NllConfig(max_new_tokens=0, bootstrap_rounds=10)
+    nll = {}
+    for dtype in ("float32", "bfloat16"):
+        res = run_nll(cfg, BackendConfig(dtype=dtype, device="cpu"), str(tiny_model_dir), holdout, tmp_path / dtype)
+        assert res["extra"]["dtype"] == dtype
+        nll[dtype] = [i["nll_per_token"] for i in read_items(tmp_path / dtype / "items.jsonl")]
+    assert nll["float32"] != nll["bfloat16"]
+    assert nll["bfloat16"] == pytest.approx(nll["float32"], abs=0.1)
+
+
 def test_missing_holdout_names_the_fix(tmp_path):
     with pytest.raises(EvalError, match=r"sft_holdout.parquet: held-out rows not found; set "
                                         r"data.sft.holdout_percent"):
-        run_nll(NllConfig(), "tiny", tmp_path / "sft_holdout.parquet", tmp_path / "out")
+        run_nll(NllConfig(), BackendConfig(), "tiny", tmp_path / "sft_holdout.parquet", tmp_path / "out")
 
 
 def test_holdout_without_messages_or_replies(tmp_path):

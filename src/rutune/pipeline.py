@@ -149,7 +149,7 @@ def _suite_runner(suite: str):
         return lambda c, b, path, label, out, seed, run: run_arena(c, b, path, label, out, seed)
     from rutune.eval.nll import run_nll
 
-    return lambda c, b, path, label, out, seed, run: run_nll(c, path, run.prepare / "sft_holdout.parquet", out,
+    return lambda c, b, path, label, out, seed, run: run_nll(c, b, path, run.prepare / "sft_holdout.parquet", out,
                                                              seed=seed, model_label=label)
 
 

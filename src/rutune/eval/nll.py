@@ -18,7 +18,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from rutune.config_eval import NllConfig
+from rutune.config_eval import BackendConfig, NllConfig
 from rutune.data.templates import IGNORE_INDEX, TemplateError, tokenize_chat
 from rutune.eval.errors import EvalError
 from rutune.eval.items import ItemsLog
@@ -104,18 +104,24 @@ def nll_metrics(rows: list[dict], *, rounds: int = 1000, seed: int = 0) -> tuple
     return metrics, extra
 
 
-def run_nll(cfg: NllConfig, model_path: str, holdout_parquet: str | Path, out_dir: str | Path, *, backend=None,
-            seed: int = 0, model_label: str | None = None) -> dict:
-    """Score one model on the held-out rows; items.jsonl grows batch by batch (resumable), then results.json."""
+def run_nll(cfg: NllConfig, backend_cfg: BackendConfig, model_path: str, holdout_parquet: str | Path,
+            out_dir: str | Path, *, backend=None, seed: int = 0, model_label: str | None = None) -> dict:
+    """Score one model on the held-out rows; items.jsonl grows batch by batch (resumable), then results.json.
+
+    The scores need the weights, so the model always loads with transformers (`eval.backend`'s dtype, device,
+    window and trust_remote_code apply; its kind and batch size do not).
+    """
     rows = load_holdout(holdout_parquet, cfg.limit)
     fingerprint = {"suite": "nll", "model_path": str(model_path), "holdout": file_hash(holdout_parquet),
-                   "max_tokens": cfg.max_tokens, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit}
+                   "max_tokens": cfg.max_tokens, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit,
+                   "dtype": backend_cfg.dtype}
     log = ItemsLog(out_dir, fingerprint)
     todo = [r for r in rows if r["id"] not in log.done]
     if todo and backend is None:
-        from rutune.eval.backend_hf import HFBackend
+        from rutune.eval.backends import make_backend
 
-        backend = HFBackend(str(model_path), batch_size=cfg.batch_size)
+        backend = make_backend(backend_cfg.model_copy(update={"kind": "hf", "batch_size": cfg.batch_size}),
+                               str(model_path))
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start:start + cfg.batch_size]
         items = [score_row(backend.model, backend.tokenizer, r, cfg.max_tokens) for r in batch]
@@ -128,6 +134,7 @@ def run_nll(cfg: NllConfig, model_path: str, holdout_parquet: str | Path, out_di
     ordered = log.ordered([r["id"] for r in rows])
     metrics, extra = nll_metrics(ordered, rounds=cfg.bootstrap_rounds, seed=seed)
     extra.update({"holdout": str(holdout_parquet), "max_tokens": cfg.max_tokens, "max_new_tokens": cfg.max_new_tokens,
+                  "dtype": backend_cfg.dtype,
                   "sources": dict(sorted(Counter(r["source"] for r in rows).items()))})
     results = {"suite": "nll", "model": model_label or Path(str(model_path)).name, "model_path": str(model_path),
                "metrics": metrics, "extra": extra}
