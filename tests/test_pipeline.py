@@ -57,8 +57,15 @@ def test_second_run_does_no_work_and_force_redoes_one_stage(mini, monkeypatch):
     assert statuses(third) == {"prepare": "skipped", "train/sft": "skipped", "eval/mmlu/base": "done",
                                "eval/mmlu/sft": "done"}
     # A changed mixture changes the data hash, so SFT and its eval rerun; the base model's eval does not.
+    # The retrained checkpoint keeps its path: its eval must score every item again, not resume the old ones.
+    import rutune.eval.mmlu as mmlu
+
+    scored = []
+    real_score = mmlu.score_questions
+    monkeypatch.setattr(mmlu, "score_questions", lambda backend, items: scored.extend(items) or real_score(backend, items))
     cfg2 = load_config(mini, ["data.sft.sources.0.percent=30"])
     fourth, _ = run_experiment(cfg2, report=False, echo=lambda s: None)
+    assert len(scored) == 6
     assert statuses(fourth) == {"prepare": "done", "train/sft": "done", "eval/mmlu/base": "skipped",
                                 "eval/mmlu/sft": "done"}
     results = json.loads((Path(cfg.output_root) / "mini" / "eval" / "mmlu" / "sft" / "results.json").read_text())

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from rutune.models import resolve_model_path
-from rutune.rundir import RunDir, file_hash, input_hash, read_json, read_manifest, stage_done, write_json_atomic, write_manifest
+from rutune.rundir import (RunDir, file_hash, input_hash, mark_started, read_json, read_manifest, stage_done,
+                           started_for, write_json_atomic, write_manifest)
 
 SUITES = ("mmlu", "babilong", "arena", "nll")
 
@@ -177,8 +178,11 @@ def run_eval_suites(cfg, force: set[str], log: StageLog) -> None:
             elif not forced and stage_done(out, h):
                 log.add(name, "skipped")
             else:
-                if forced:
+                # Items of other inputs must not count as done: a retrained checkpoint keeps its path, so the
+                # suite's own resume fingerprint would not notice. Same inputs, unfinished: resume.
+                if forced or (out.exists() and started_for(out) != h):
                     shutil.rmtree(out, ignore_errors=True)
+                mark_started(out, h)
                 result = _suite_runner(suite)(suite_cfg, cfg.eval.backend, path, label, out, cfg.seed, run)
                 write_manifest(out, {"input_hash": h, "suite": suite, "model": label, "model_path": path,
                                      "metrics": {k: v.get("value") for k, v in (result.get("metrics") or {}).items()

@@ -132,3 +132,20 @@ def read_manifest(stage_dir: str | os.PathLike) -> dict[str, Any] | None:
 def stage_done(stage_dir: str | os.PathLike, expected_hash: str) -> bool:
     manifest = read_manifest(stage_dir)
     return bool(manifest) and manifest.get("input_hash") == expected_hash
+
+
+INPUTS_MARKER = "inputs.json"
+
+
+def started_for(stage_dir: str | os.PathLike) -> str | None:
+    """The input hash a stage folder's (possibly unfinished) work belongs to: its inputs marker, else its manifest."""
+    marker = Path(stage_dir) / INPUTS_MARKER
+    if marker.exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            return read_json(marker).get("input_hash")
+    return (read_manifest(stage_dir) or {}).get("input_hash")
+
+
+def mark_started(stage_dir: str | os.PathLike, input_hash_: str) -> None:
+    """Record which inputs the work now accumulating in `stage_dir` is for (written before the work starts)."""
+    write_json_atomic(Path(stage_dir) / INPUTS_MARKER, {"input_hash": input_hash_})
