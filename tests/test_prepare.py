@@ -106,3 +106,16 @@ def test_holdout_rows_are_written_apart(files):
     train = datasets.Dataset.from_parquet(str(files["root"] / "runs" / "t" / "prepare" / "sft.parquet"))
     key = lambda r: json.dumps(r["messages"], ensure_ascii=False)
     assert not {key(r) for r in hold} & {key(r) for r in train}
+
+
+def test_home_relative_source_is_hashed_by_content(files, monkeypatch):
+    """`~/x.jsonl` is a local file: editing it changes the prepare hash (it is not taken for a hub id)."""
+    from rutune.data.prepare import prepare_hash
+
+    monkeypatch.setenv("HOME", str(files["root"]))
+    cfg = config(files, sft={"holdout_percent": 0, "sources": [{"name": "saiga_scored", "path": "~/saiga.jsonl",
+                                                                 "percent": 100}]})
+    before = prepare_hash(cfg)
+    rows = (files["root"] / "saiga.jsonl").read_text(encoding="utf-8").splitlines()
+    (files["root"] / "saiga.jsonl").write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")
+    assert prepare_hash(cfg) != before

@@ -234,7 +234,7 @@ def describe_location(cfg) -> str:
     if cfg.path is None:
         return str(SAMPLES / f"{cfg.name}.jsonl")
     if is_local_path(cfg.path):
-        return cfg.path
+        return str(Path(cfg.path).expanduser())
     return f"{cfg.path}@{cfg.revision or adapter.revision or 'main'}"
 
 
