@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rutune.cli import app
-from rutune.config import load_config
+from rutune.config import ConfigError, load_config
 from rutune.pipeline import run_experiment
 from rutune.sweep import expand
 
@@ -97,6 +97,19 @@ def test_sweep_grid_errors_all_at_once(tmp_path, mini):
     result = runner.invoke(app, ["sweep", str(grid), "--dry-run"])
     assert result.exit_code == 2
     assert "variantz: unknown key" in result.output
+
+
+def test_sweep_grid_names_variants_after_the_source(tmp_path, mini):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: mini.yaml\ngrid:\n  data.sft.sources.0.percent: [20, 40]\n  eval.mmlu.limit: [5]\n",
+                    encoding="utf-8")
+    _, configs = expand(grid)
+    assert [c.name for c in configs] == ["mini-sweep-saiga_scored20-limit5", "mini-sweep-saiga_scored40-limit5"]
+    assert [c.data.sft.sources[0].percent for c in configs] == [20, 40]
+    grid.write_text("base: mini.yaml\nvariants:\n  saiga_scored20: [eval.mmlu.limit=3]\n"
+                    "grid:\n  data.sft.sources.0.percent: [20]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="grid variant saiga_scored20 has the name of a listed variant"):
+        expand(grid)
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs" / "experiments" / "study").glob("*.yaml")), ids=lambda p: p.stem)

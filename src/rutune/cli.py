@@ -369,7 +369,7 @@ def sweep(
         typer.echo(f"experiment {cfg.name}")
     if dry_run:
         return
-    outputs = guarded(lambda: run_sweep(grid, force=set(force or []), echo=typer.echo))
+    outputs = guarded(lambda: run_sweep(grid, force=set(force or []), echo=typer.echo, expanded=(name, configs)))
     for kind, path in sorted(outputs.items()):
         typer.echo(f"report ({kind}): {path}")
 

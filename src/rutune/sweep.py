@@ -9,7 +9,7 @@ as a cartesian `grid`:
       gm60: [data.sft.sources.0.percent=60]
       gm100: [data.sft.sources.0.percent=100]
     grid:                                 # optional; crossed with nothing else, names come from the values
-      data.sft.sources.1.percent: [20, 40]
+      data.sft.sources.1.percent: [20, 40]    # → variants saiga_scored20, saiga_scored40 (the source's name)
 
 Experiments are named `<sweep name>-<variant>`. Stages that come out identical (the base model's evals, an
 SFT that only differs downstream) are computed once and linked, through the pipeline's stage index.
@@ -17,12 +17,29 @@ SFT that only differs downstream) are computed once and linked, through the pipe
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
 from rutune.config import ConfigError, apply_overrides, load_yaml, parse_config
 
 ALLOWED = {"base", "name", "variants", "grid"}
+
+
+def _grid_label(key: str, value, base_tree: dict) -> str:
+    """A grid value's part of a variant name: `saiga_scored20` for `data.sft.sources.1.percent: 20` (the source
+    at that index in the base config), else the key's last part and the value (`learning_rate0.001`)."""
+    parts = key.split(".")
+    if parts[-1] in ("percent", "count") and len(parts) >= 2 and parts[-2].isdigit():
+        try:
+            node = base_tree
+            for p in parts[:-1]:
+                node = node[int(p)] if p.isdigit() else node[p]
+            name = str(node["name"])
+        except (KeyError, IndexError, TypeError):
+            name = f"source{parts[-2]}-"
+        return f"{name}{value}"
+    return f"{parts[-1]}{value}"
 
 
 def expand(grid_path: str | Path) -> tuple[str, list]:
@@ -41,26 +58,26 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
             problems.append(f"{grid_path}:{lines.get(('variants', name), '?')}: variants.{name}: expected a list of KEY=VALUE")
             continue
         variants[str(name)] = [str(o) for o in overrides]
+    base_tree: dict = {}
+    if "base" in tree:
+        base_tree, _, base_problems = load_yaml((grid_path.parent / tree["base"]).resolve())
+        base_tree = base_tree if isinstance(base_tree, dict) else {}
+        problems += base_problems
     grid = tree.get("grid") or {}
     if grid:
         keys = list(grid)
         for values in itertools.product(*(grid[k] if isinstance(grid[k], list) else [grid[k]] for k in keys)):
-            label = "-".join(f"{k.split('.')[-2] if k.split('.')[-1] in ('percent', 'count') else k.split('.')[-1]}{v}"
-                             for k, v in zip(keys, values))
+            label = "-".join(_grid_label(k, v, base_tree) for k, v in zip(keys, values))
+            if label in variants:
+                problems.append(f"{grid_path}: grid variant {label} has the name of a listed variant")
             variants[label] = [f"{k}={v}" for k, v in zip(keys, values)]
     if not variants and "base" in tree:
         problems.append(f"{grid_path}: give `variants` or `grid`: a sweep needs at least one experiment")
     if problems:
         raise ConfigError(problems)
-    base_path = (grid_path.parent / tree["base"]).resolve()
-    base_tree, _, base_problems = load_yaml(base_path)
-    if base_problems:
-        raise ConfigError(base_problems)
     sweep_name = str(tree.get("name") or f"{base_tree.get('name', 'exp')}-sweep")
     configs = []
     for label, overrides in variants.items():
-        import copy
-
         t = copy.deepcopy(base_tree)
         errs = apply_overrides(t, overrides)
         t["name"] = f"{sweep_name}-{label}"
@@ -76,11 +93,12 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
     return sweep_name, configs
 
 
-def run_sweep(grid_path: str | Path, *, force: set[str] | None = None, echo=print) -> dict:
+def run_sweep(grid_path: str | Path, *, force: set[str] | None = None, echo=print, expanded=None) -> dict:
+    """Run every experiment, then one report; `expanded` is `expand(grid_path)` when the caller already has it."""
     from rutune.pipeline import StageLog, run_experiment, run_report_stage
     from rutune.rundir import RunDir
 
-    name, configs = expand(grid_path)
+    name, configs = expanded or expand(grid_path)
     run_dirs = []
     for cfg in configs:
         echo(f"== experiment {cfg.name}")
