@@ -60,7 +60,10 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
         variants[str(name)] = [str(o) for o in overrides]
     base_tree: dict = {}
     if "base" in tree:
-        base_tree, _, base_problems = load_yaml((grid_path.parent / tree["base"]).resolve())
+        try:
+            base_tree, _, base_problems = load_yaml((grid_path.parent / tree["base"]).resolve())
+        except ConfigError as e:  # a missing or unreadable base: reported with the grid's own problems
+            base_tree, base_problems = {}, e.problems
         base_tree = base_tree if isinstance(base_tree, dict) else {}
         problems += base_problems
     grid = tree.get("grid") or {}
