@@ -16,20 +16,16 @@ per-sequence attention when the model allows it (`_use_packed_attention`), else 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
-                                  cut_at_stop, encode_pair, messages_of, plain_text_of, split_pair)
+                                  cut_at_stop, encode_pair, messages_of, plain_text_of, resolve_model,
+                                  split_pair)
 from rutune.eval.errors import EvalError
 
 
 TAIL_CHARS = 48  # context characters (at least) re-tokenised with each continuation (HFBackend._encode_pairs)
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or Path(path).exists()
 
 
 def load_model_and_tokenizer(model_path: str, *, dtype: str = "auto", device: str | None = None,
@@ -38,14 +34,7 @@ def load_model_and_tokenizer(model_path: str, *, dtype: str = "auto", device: st
 
     Weights load from safetensors only, and a checkpoint's own code runs only when the config allows it.
     """
-    from rutune.models import ModelError, resolve_model_path
-
-    try:
-        resolved = resolve_model_path(model_path)
-    except ModelError as e:
-        raise EvalError(str(e)) from None
-    if _looks_local(resolved) and not Path(resolved).expanduser().exists():
-        raise EvalError(f"model path {model_path}: folder not found")
+    resolved = resolve_model(model_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

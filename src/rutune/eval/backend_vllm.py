@@ -9,7 +9,7 @@ Log-likelihood reads `prompt_logprobs` of context‖continuation (one request pe
 from __future__ import annotations
 
 from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
-                                  cut_at_stop, encode_pair, messages_of, plain_text_of)
+                                  cut_at_stop, encode_pair, messages_of, plain_text_of, resolve_model)
 from rutune.eval.errors import EvalError
 
 
@@ -23,16 +23,7 @@ class VLLMBackend:
         except (ImportError, AttributeError):
             raise EvalError("the vllm backend needs vLLM: `pip install 'rutune[vllm]'` in its own venv "
                             "(see `make test-vllm`)") from None
-        from pathlib import Path
-
-        from rutune.models import ModelError, resolve_model_path
-
-        try:
-            resolved = resolve_model_path(model_path)
-        except ModelError as e:
-            raise EvalError(str(e)) from None
-        if resolved.startswith(("/", "./", "../", "~")) and not Path(resolved).expanduser().exists():
-            raise EvalError(f"model path {model_path}: folder not found")
+        resolved = resolve_model(model_path)
         kwargs: dict = {"max_model_len": max_length} if max_length else {}
         if memory_utilization is not None:  # on vLLM's CPU build this is the share of host RAM it reserves
             kwargs["gpu_memory_utilization"] = memory_utilization

@@ -100,6 +100,16 @@ def plain_text_of(request: GenerationRequest) -> str:
     return "\n\n".join(str(m.get("content", "")) for m in request.messages or ())
 
 
+def resolve_model(model_path: str) -> str:
+    """`models.resolve_model_path` for the eval backends: a missing folder is an EvalError (one line)."""
+    from rutune.models import ModelError, resolve_model_path
+
+    try:
+        return resolve_model_path(model_path)
+    except ModelError as e:
+        raise EvalError(str(e)) from None
+
+
 def make_backend(cfg: "BackendConfig", model_path: str) -> Backend:
     """The configured backend for one model. `model_path` may be `tiny`, a folder, a hub id or a served name."""
     if cfg.kind == "hf":
