@@ -1,6 +1,7 @@
 """Word 13-gram overlap, tested on the real ru_llm_arena questions with planted overlaps."""
 
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,15 @@ def test_short_items_compare_as_whole():
     items = {"q": "Сколько будет два плюс два"}
     assert overlap(["я спросил: сколько будет два плюс два?"], items, n=13) == {"q": 1}
     assert overlap(["сколько будет три плюс два"], items, n=13) == {"q": 0}
+
+
+def test_hash_collisions_do_not_flag_clean_items():
+    # Two different 3-word n-grams with equal crc32 (found by a birthday search): with 32-bit n-gram hashes the
+    # training text would flag the eval item although they share no words.
+    item, train = "жбеущ ашмма оыббк", "юфозл цувзо ехгдм"
+    assert zlib.crc32(item.encode()) == zlib.crc32(train.encode())
+    assert overlap([train, "ещё одна строка " + train], {"q": item}, n=13) == {"q": 0}
+    assert overlap([train, item.upper() + "!"], {"q": item}, n=13) == {"q": 1}
 
 
 def test_eval_set_names_resolve(tmp_path):

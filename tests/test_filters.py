@@ -1,5 +1,7 @@
 """Russian share, normalisation, exact and near dedup."""
 
+import zlib
+
 import pytest
 
 from rutune.data.filters import Deduplicator, normalise, russian_share
@@ -20,6 +22,19 @@ def test_exact_duplicates_after_normalisation():
     assert d.check("Как приготовить борщ?") is None
     assert d.check("как приготовить  БОРЩ") == "duplicate_exact"
     assert d.check("Как приготовить щи?") is None
+
+
+def test_exact_dedup_key_does_not_collide_like_crc32():
+    # Two distinct normalised texts with equal crc32 (found by a birthday search): a 32-bit exact-dedup key
+    # would drop the second as `duplicate_exact`.
+    a, b = "жбеущ ашмма оыббк", "юфозл цувзо ехгдм"
+    assert a != b and normalise(a) == a and normalise(b) == b
+    assert zlib.crc32(a.encode()) == zlib.crc32(b.encode())
+    for near in (False, True):
+        d = Deduplicator(near=near)
+        assert d.check(a) is None
+        assert d.check(b) is None
+        assert d.check(a.upper()) == "duplicate_exact"
 
 
 def test_near_duplicates_one_word_changed():

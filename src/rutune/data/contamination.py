@@ -9,7 +9,6 @@ are compared as one whole n-gram of their length.
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -18,30 +17,40 @@ from rutune.data.filters import normalise
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
-def ngram_hashes(text: str, n: int) -> set[int]:
-    words = normalise(text).split()
+def _words(text: str) -> list[str]:
+    return normalise(text).split()
+
+
+def _ngrams(words: list[str], n: int) -> set[str]:
+    """The word n-grams of already normalised words, as strings (exact keys: no hash collisions)."""
     if not words:
         return set()
     k = min(n, len(words))
-    return {zlib.crc32(" ".join(words[i:i + k]).encode()) for i in range(len(words) - k + 1)}
+    return {" ".join(words[i:i + k]) for i in range(len(words) - k + 1)}
 
 
-def _all_ngram_hashes(text: str, sizes: set[int]) -> set[int]:
-    out: set[int] = set()
-    for n in sizes:
-        out |= ngram_hashes(text, n)
-    return out
+def ngrams(text: str, n: int) -> set[str]:
+    """Word n-grams of the normalised text; a text shorter than n words is one n-gram of its length."""
+    return _ngrams(_words(text), n)
 
 
 def overlap(train_texts: Iterable[str], eval_items: dict[str, str], n: int = 13) -> dict[str, int]:
-    """For each eval item id, the number of its n-grams found in the training texts (0 = clean)."""
-    item_grams = {k: ngram_hashes(v, n) for k, v in eval_items.items()}
+    """For each eval item id, the number of its n-grams found in the training texts (0 = clean).
+
+    N-grams are compared as strings, not 32-bit hashes: at 10^5-10^6 training rows random hash collisions
+    would flag clean items. Only the training n-grams that some eval item has are kept, so memory is bounded
+    by the eval side.
+    """
+    item_words = {k: _words(v) for k, v in eval_items.items()}
+    item_grams = {k: _ngrams(w, n) for k, w in item_words.items()}
     # Items shorter than n words use a shorter n-gram; index training text at every size in use.
-    sizes = {min(n, max(1, len(normalise(v).split()))) for v in eval_items.values()}
+    sizes = sorted({min(n, max(1, len(w))) for w in item_words.values()})
     wanted = set().union(*item_grams.values()) if item_grams else set()
-    found: set[int] = set()
+    found: set[str] = set()
     for text in train_texts:
-        found |= _all_ngram_hashes(text, sizes) & wanted
+        words = _words(text)  # normalise and split once per text, then slice per n-gram size
+        for size in sizes:
+            found |= _ngrams(words, size) & wanted
     return {k: len(g & found) for k, g in item_grams.items()}
 
 

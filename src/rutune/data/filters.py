@@ -8,8 +8,8 @@ a few hundred bytes per kept row (its normalised first turn, truncated, and its 
 
 from __future__ import annotations
 
+import hashlib
 import re
-import zlib
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class Deduplicator:
         num_perm = self._rows * self._bands
         self._a = rng.integers(1, self._PRIME, size=num_perm, dtype=np.uint64)
         self._b = rng.integers(0, self._PRIME, size=num_perm, dtype=np.uint64)
-        self._seen_exact: set[int] = set()
+        self._seen_exact: set[bytes] = set()
         self._buckets: list[dict[int, list[int]]] = [dict() for _ in range(self._bands)]
         self._texts: list[str] = []
         self._sigs = np.empty((1024, num_perm), dtype=np.uint32)
@@ -94,7 +94,9 @@ class Deduplicator:
 
     def check(self, text: str) -> str | None:
         norm = normalise(text)[: self.MAX_CHARS]
-        key = zlib.crc32(norm.encode())
+        # 128-bit key: a 32-bit one (crc32) collides by the birthday bound at ~10^5-10^6 rows and would drop
+        # distinct rows as exact duplicates; 16 bytes keeps memory bounded where the string itself may not be.
+        key = hashlib.blake2b(norm.encode(), digest_size=16).digest()
         if self.exact and key in self._seen_exact:
             return "duplicate_exact"
         self._seen_exact.add(key)
