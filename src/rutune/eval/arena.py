@@ -23,9 +23,9 @@ from rutune.eval import arena_data
 from rutune.eval.arena_data import Answer, Question
 from rutune.eval.arena_scoring import average_length, position_consistency, score_model
 from rutune.eval.errors import EvalError
-from rutune.eval.items import read_items
+from rutune.eval.items import append_rows, read_items, truncate_torn_tail
 from rutune.eval.judge import NO_JUDGE_FIX, JudgeProfile, profile_prompt, resolve_judge
-from rutune.eval.judge_client import CACHE_FILE, count_statuses, judge_games, make_games, truncate_torn_tail
+from rutune.eval.judge_client import CACHE_FILE, count_statuses, judge_games, make_games
 from rutune.rundir import stable_hash, write_json_atomic, write_text_atomic
 
 ANSWERS_FILE = "answers.jsonl"
@@ -88,10 +88,7 @@ def generate_answers(questions: list[Question], generate: Callable, out_path: Pa
                 rows.append(arena_data.answer_row(answer, f"{model_id}-{q.question_id}", time.time(),
                                                   fingerprint=fingerprint, finish_reason=res.finish_reason))
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(out_path, "a", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
+            append_rows(out_path, rows)
             advance(len(batch))
     return {q.question_id: done[q.question_id] for q in questions}
 

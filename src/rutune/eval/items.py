@@ -41,8 +41,9 @@ def read_items(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut the file back to its last newline so the next append starts a fresh line."""
+def truncate_torn_tail(path: str | os.PathLike) -> None:
+    """Cut an append log back to its last newline (a kill mid-write), so the next append starts a fresh line."""
+    path = Path(path)
     if not path.exists():
         return
     with open(path, "rb+") as f:
@@ -50,6 +51,15 @@ def _drop_torn_tail(path: Path) -> None:
         end = data.rfind(b"\n") + 1
         if end != len(data):
             f.truncate(end)
+
+
+def append_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Append JSON rows, one per line, and have them on disk (fsync) before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class ItemsLog:
@@ -66,7 +76,7 @@ class ItemsLog:
                 raise EvalError(f"{self.dir}: holds items of a different eval run (config, data or model changed); "
                                 "use another --out folder or delete this one")
         write_json_atomic(run_path, {"fingerprint": fingerprint})
-        _drop_torn_tail(self.path)
+        truncate_torn_tail(self.path)
         self.rows = read_items(self.path)
         self.done = {str(r["id"]) for r in self.rows}
 
@@ -75,11 +85,7 @@ class ItemsLog:
         rows = list(rows)
         if not rows:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_rows(self.path, rows)
         self.rows.extend(rows)
         self.done.update(str(r["id"]) for r in rows)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rutune.eval.arena_scoring import model_score
-from rutune.eval.items import read_items
+from rutune.eval.items import append_rows, read_items, truncate_torn_tail
 from rutune.eval.judge import JudgeError, JudgePrompt, JudgeProfile, neutralise_markers, parse_verdict
 from rutune.rundir import stable_hash
 
@@ -68,27 +68,10 @@ def make_games(questions: dict[str, str], model_answers: dict[str, str], baselin
 
 
 # ---------------------------------------------------------------- cache
-def truncate_torn_tail(path: str | os.PathLike) -> None:
-    """Cut an append log back to its last newline (a kill mid-write), so the next append starts a fresh line."""
-    path = Path(path)
-    if path.exists():
-        with open(path, "rb+") as f:
-            data = f.read()
-            end = data.rfind(b"\n") + 1
-            if end != len(data):
-                f.truncate(end)
-
-
 def load_cache(path: str | os.PathLike) -> dict[str, dict]:
     """Records by key (the last one wins), dropping a torn last line in place so appends start clean."""
     truncate_torn_tail(path)
     return {r["key"]: r for r in read_items(path) if "key" in r}
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
 
 
 # ---------------------------------------------------------------- retries
@@ -228,7 +211,7 @@ async def judge_games_async(games: list[Game], profile: JudgeProfile, prompt: Ju
 
         async def run_one(game: Game, key: str) -> None:
             record = await _judge_game(caller, prompt, game, key)
-            _append(cache_path, record)
+            append_rows(cache_path, [record])
             cache[key] = record
             if on_done:
                 on_done(record)
