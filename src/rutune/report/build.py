@@ -33,7 +33,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, *, baseline_la
                               "give each run once")
         seen[run.experiment] = run.root
     table = build_table(runs, baseline_label=baseline_label, rounds=rounds, seed=seed)
-    figures = all_figures(table, runs)
+    figures = all_figures(table, runs) if {"md", "html"} & set(formats) else []  # csv alone shows none
     doc = Document(table, runs, figures, baseline_label)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

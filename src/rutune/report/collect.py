@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rutune.eval.errors import EvalError
+from rutune.eval.items import read_items
 from rutune.rundir import MANIFEST, RunDir
 
 ANSWERS = "answers.jsonl"
@@ -63,9 +65,6 @@ class Run:
     stages: dict[str, Stage]
     evals: dict[str, dict[str, SuiteResult]]  # model label → suite → result
 
-    def models(self) -> list[str]:
-        return list(self.evals)
-
 
 def _read_json(path: Path) -> Any:
     try:
@@ -77,26 +76,15 @@ def _read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (an interrupted append) is ignored, any other bad line is an error.
-    """
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    rows = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if lineno == len(lines):
-                break
-            raise ReportError(f"{path}: line {lineno} is not JSON (only the last line may be torn)") from None
+    """Rows of an items file (`eval.items.read_items`: a torn last line is ignored, any other bad line is an
+    error), each a JSON object."""
+    try:
+        rows = read_items(path)
+    except EvalError as e:
+        raise ReportError(str(e)) from None
+    for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise ReportError(f"{path}: line {lineno} is not a JSON object")
-        rows.append(row)
+            raise ReportError(f"{path}: row {n} is not a JSON object")
     return rows
 
 
