@@ -159,10 +159,6 @@ def _cl100k():
         return None
 
 
-def cl100k_available() -> bool:
-    return _cl100k() is not None
-
-
 def count_cl100k(text: str) -> int | None:
     """Length in tiktoken cl100k tokens (the leaderboard's unit), or None when the encoding is unavailable."""
     enc = _cl100k()

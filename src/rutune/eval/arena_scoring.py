@@ -35,7 +35,6 @@ class Battles:
     """
 
     question_ids: np.ndarray
-    games: np.ndarray
     scores: np.ndarray
 
     def __len__(self) -> int:
@@ -69,7 +68,6 @@ def battles_from_games(games: Iterable[Mapping], strong_weight: int = 3) -> Batt
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
     return Battles(
         question_ids=np.array([r[0] for r in rows], dtype=object),
-        games=np.array([r[1] for r in rows], dtype=np.int64),
         scores=np.array([r[2] for r in rows], dtype=np.float64),
     )
 
