@@ -29,16 +29,24 @@ def make_rows(n: int, *, seed: int = 0, long_every: int = 5) -> list[dict]:
     return rows
 
 
-def write_prepared(run_root: Path, rows: list[dict], *, content_hash: str = "test-data") -> Path:
-    """Write `prepare/sft.parquet` + a minimal manifest the way the prepare stage does."""
-    import datasets
+def write_block_manifest(prep: Path, block: str, file_name: str, rows: int, content_hash: str) -> None:
+    """Record one data block in `prepare/manifest.json` the way `run_prepare` does: `content_hash` inside the block
+    (`manifest["sft"]`, `manifest["preference"]`), the whole-prepare `input_hash` at the top; other blocks kept."""
+    from rutune.rundir import read_manifest, write_json_atomic
 
-    from rutune.rundir import write_json_atomic
+    manifest = read_manifest(prep) or {"input_hash": "test-prepare-config", "seed": 0, "experiment": "test"}
+    manifest[block] = {"file": file_name, "rows": rows, "content_hash": content_hash, "sources": []}
+    write_json_atomic(prep / "manifest.json", manifest)
+
+
+def write_prepared(run_root: Path, rows: list[dict], *, content_hash: str = "test-data") -> Path:
+    """Write `prepare/sft.parquet` + its block of the manifest the way the prepare stage does."""
+    import datasets
 
     prep = Path(run_root) / "prepare"
     prep.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_list(rows).to_parquet(str(prep / "sft.parquet"))
-    write_json_atomic(prep / "manifest.json", {"input_hash": content_hash, "content_hash": content_hash})
+    write_block_manifest(prep, "sft", "sft.parquet", len(rows), content_hash)
     return prep / "sft.parquet"
 
 

@@ -33,16 +33,14 @@ def make_pairs(n: int, *, seed: int = 0, long_every: int = 4) -> list[dict]:
 
 
 def write_pairs(run_root: Path, rows: list[dict], *, content_hash: str = "pref-test-data") -> Path:
-    """Write `prepare/preference.parquet` + a minimal manifest the way the prepare stage does."""
+    """Write `prepare/preference.parquet` + its block of the manifest the way the prepare stage does."""
     import datasets
-
-    from rutune.rundir import write_json_atomic
+    from _sft_data import write_block_manifest
 
     prep = Path(run_root) / "prepare"
     prep.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_list(rows).to_parquet(str(prep / "preference.parquet"))
-    manifest = prep / "manifest.json"
-    write_json_atomic(manifest, {"input_hash": content_hash, "content_hash": content_hash})
+    write_block_manifest(prep, "preference", "preference.parquet", len(rows), content_hash)
     return prep / "preference.parquet"
 
 

@@ -62,10 +62,13 @@ class StagePaths:
 
 
 # ---------------------------------------------------------------- inputs, before any model loads
-def prepared_data(run: RunDir, file_name: str, columns: tuple[str, ...], what: str) -> tuple[Path, str | None]:
-    """A prepared parquet of the run and the prepare stage's hash; TrainError when missing, empty or malformed.
+def prepared_data(run: RunDir, file_name: str, columns: tuple[str, ...], what: str, *,
+                  block: str) -> tuple[Path, str | None]:
+    """A prepared parquet of the run and its block's content hash (`data_hash`); TrainError when missing, empty or
+    malformed.
 
-    `what` names the data in messages ("SFT", "preference"); the check reads only the parquet footer.
+    `what` names the data in messages ("SFT", "preference"); `block` is its key in the prepare manifest ("sft",
+    "preference"); the check reads only the parquet footer.
     """
     import pyarrow.parquet as pq
 
@@ -83,14 +86,23 @@ def prepared_data(run: RunDir, file_name: str, columns: tuple[str, ...], what: s
     if meta.num_rows == 0:
         raise TrainError(f"{path}: prepared {what} data has 0 rows; check the data sources and filters, then "
                          f"re-prepare")
-    manifest_path = run.prepare / "manifest.json"
-    manifest = read_json(manifest_path) if manifest_path.exists() else {}
-    return path, manifest.get("content_hash") or manifest.get("input_hash")
+    return path, data_hash(run, block)
+
+
+def data_hash(run: RunDir, block: str) -> str | None:
+    """The content hash prepare recorded for one data block (`"sft"` or `"preference"`), None when absent.
+
+    Prepare writes it per block (`manifest["sft"]["content_hash"]`), so a stage's identity follows only its own
+    data: changing `data.preference` does not retrain an SFT stage, and vice versa.
+    """
+    block_manifest = (read_manifest(run.prepare) or {}).get(block)
+    return block_manifest.get("content_hash") if isinstance(block_manifest, dict) else None
 
 
 def cached_tokenization(tokenizer, parquet: Path, tokenize_batch, *, kind: str, data_hash: str | None,
                         max_tokens: int, overlength: str, cache_dir: Path, with_indices: bool = False):
-    """Tokenise a prepared parquet once per (data, tokenizer+template, length policy) with `datasets.map`.
+    """Tokenise a prepared parquet once per (data, tokenizer+template, length policy) with `datasets.map`, on the
+    main process first (the other processes of a distributed run then load its Arrow cache).
 
     `tokenize_batch(batch[, indices], counts=…)` fills `counts` (kept / truncated / dropped…); the counts of the run
     that built the Arrow cache are stored beside it, so a cached rerun reports the same numbers. Returns
@@ -99,25 +111,29 @@ def cached_tokenization(tokenizer, parquet: Path, tokenize_batch, *, kind: str, 
     import functools
 
     import datasets
+    from accelerate import PartialState
 
     from rutune.data.templates import template_hash
     from rutune.rundir import file_hash, stable_hash
 
     key = stable_hash({"data": data_hash or file_hash(parquet), "template": template_hash(tokenizer),
                        "max_tokens": max_tokens, "overlength": overlength, "v": 1})
-    cache_dir.mkdir(parents=True, exist_ok=True)
     arrow = cache_dir / f"{kind}-{key}.arrow"
     counts_path = cache_dir / f"{kind}-{key}.counts.json"
-    raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
-    counts: dict[str, int] = {}
-    was_cached = arrow.exists() and counts_path.exists()
-    ds = raw.map(functools.partial(tokenize_batch, counts=counts), batched=True, batch_size=1000,
-                 with_indices=with_indices, remove_columns=raw.column_names, cache_file_name=str(arrow),
-                 load_from_cache_file=was_cached, new_fingerprint=key, desc=f"tokenize {kind}")
-    if was_cached:
-        counts = read_json(counts_path)
-    else:
-        write_json_atomic(counts_path, counts)
+    # Under torchrun the main process builds the cache while the others wait, then they read it. PartialState
+    # starts the process group from the environment if the Trainer has not yet (one process: no-op, no barrier).
+    with PartialState().main_process_first():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        raw = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache_dir / "hf"))
+        counts: dict[str, int] = {}
+        was_cached = arrow.exists() and counts_path.exists()
+        ds = raw.map(functools.partial(tokenize_batch, counts=counts), batched=True, batch_size=1000,
+                     with_indices=with_indices, remove_columns=raw.column_names, cache_file_name=str(arrow),
+                     load_from_cache_file=was_cached, new_fingerprint=key, desc=f"tokenize {kind}")
+        if was_cached:
+            counts = read_json(counts_path)
+        else:
+            write_json_atomic(counts_path, counts)
     return raw, ds, counts
 
 
@@ -158,14 +174,6 @@ def init_source(cfg, stage, run: RunDir) -> str:
         raise TrainError(f"train stage {stage.name}: starts from stage {stage.init_from!r}, whose checkpoint {ckpt} "
                          f"does not exist yet; run `rutune train CONFIG --stage {stage.init_from}` first")
     return str(ckpt)
-
-
-def upstream_checkpoint_hash(cfg, stage, run: RunDir) -> str:
-    """The identity of what a stage starts from: the base reference, or the previous stage's manifest hash."""
-    if stage.init_from == "base":
-        return f"base:{cfg.base_model.model_dump_json()}"
-    manifest = read_manifest(run.train(stage.init_from)) or {}
-    return f"stage:{stage.init_from}:{manifest.get('input_hash', 'missing')}"
 
 
 def load_stage_tokenizer(path: str):
@@ -448,7 +456,7 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, *, title: str = "trainin
 
 __all__ = [
     "COMPLETE", "CompletionMarker", "MetricsLogger", "RecipeTrainer", "StagePaths", "apply_lora", "check_stage",
-    "init_source", "latest_good_checkpoint", "library_versions", "load_stage_model", "load_stage_tokenizer",
-    "plot_loss_curve", "read_metrics", "resolve_precision", "save_final_checkpoint", "stage_callbacks", "stage_meta",
-    "train_resumable", "truncate_metrics", "upstream_checkpoint_hash",
+    "data_hash", "init_source", "latest_good_checkpoint", "library_versions", "load_stage_model",
+    "load_stage_tokenizer", "plot_loss_curve", "read_metrics", "resolve_precision", "save_final_checkpoint",
+    "stage_callbacks", "stage_meta", "train_resumable", "truncate_metrics",
 ]

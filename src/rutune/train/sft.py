@@ -27,10 +27,10 @@ FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", 
 
 # ---------------------------------------------------------------- data
 def sft_data(run: RunDir) -> tuple[Path, str | None]:
-    """The prepared SFT parquet and its manifest hash; TrainError when missing or empty."""
+    """The prepared SFT parquet and its content hash (prepare manifest, `sft` block); TrainError when missing or empty."""
     from rutune.train import runtime
 
-    return runtime.prepared_data(run, "sft.parquet", ("messages",), "SFT")
+    return runtime.prepared_data(run, "sft.parquet", ("messages",), "SFT", block="sft")
 
 
 def _tokenize_batch(batch: dict, *, tokenizer, max_tokens: int, overlength: str, counts: dict) -> dict:
@@ -134,10 +134,8 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     init_path = runtime.init_source(cfg, stage, run)
     tokenizer = runtime.load_stage_tokenizer(init_path)
     args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
-    with args.main_process_first(desc="tokenize sft"):  # one process builds the cache, the others read it
-        dataset, counts = tokenized_dataset(tokenizer, parquet, data_hash=data_hash,
-                                            max_tokens=cfg.data.sft.max_tokens, overlength=cfg.data.sft.overlength,
-                                            cache_dir=paths.cache)
+    dataset, counts = tokenized_dataset(tokenizer, parquet, data_hash=data_hash, max_tokens=cfg.data.sft.max_tokens,
+                                        overlength=cfg.data.sft.overlength, cache_dir=paths.cache)
 
     from_base = stage.init_from == "base"
     model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,

@@ -30,10 +30,11 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 # ---------------------------------------------------------------- data
 def preference_data(run: RunDir) -> tuple[Path, str | None]:
-    """The prepared preference parquet and its manifest hash; TrainError when missing, empty or malformed."""
+    """The prepared preference parquet and its content hash (prepare manifest, `preference` block); TrainError when
+    missing, empty or malformed."""
     from rutune.train import runtime
 
-    return runtime.prepared_data(run, "preference.parquet", PAIR_COLUMNS, "preference")
+    return runtime.prepared_data(run, "preference.parquet", PAIR_COLUMNS, "preference", block="preference")
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_tokens: int, overlength: str, counts: dict,

@@ -1,10 +1,11 @@
 """`rutune train`: run the experiment's training stages in order, each skipped when already done.
 
 A stage is done when `train/<stage>/manifest.json` records the input hash computed now: the stage's config slice
-(its own block, the base model when it starts from base, the data policy, the seed) + upstream hashes (the prepared
-data's manifest, the previous stage's manifest) + the rutune version. A changed hash (or `--force`) also discards
-the stage's intermediate Trainer checkpoints, which belong to the old inputs; an unchanged hash with no manifest
-(a killed run) resumes from them.
+(its own block, the base model when it starts from base, the data policy, the seed) + upstream hashes (the content
+hash prepare recorded for the stage's own data block, `sft` or `preference`, so changing the other block's data does
+not rerun it; the previous stage's manifest) + the rutune version. A changed hash (or `--force`) also discards the
+stage's intermediate Trainer checkpoints, which belong to the old inputs; an unchanged hash with no manifest (a
+killed run) resumes from them.
 """
 
 from __future__ import annotations
@@ -12,28 +13,31 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rutune.rundir import RunDir, input_hash, read_json, stage_done, write_json_atomic, write_manifest
+from rutune.rundir import RunDir, input_hash, read_json, read_manifest, stage_done, write_json_atomic, write_manifest
 from rutune.train.errors import TrainError
 
 RECIPE_MODULES = {"sft": "rutune.train.sft", "simpo": "rutune.train.simpo"}
 DATA_FILES = {"sft": "sft.parquet", "simpo": "preference.parquet"}
+DATA_BLOCKS = {"sft": "sft", "simpo": "preference"}  # the `data:` block (and prepare manifest key) a recipe trains on
 
 
 def stage_input_hash(cfg, stage, run: RunDir) -> str:
     """Identity of a stage's inputs (see the module docstring)."""
-    data_block = cfg.data.sft if stage.recipe == "sft" else cfg.data.preference
+    from rutune.train.runtime import data_hash  # lazy: runtime imports transformers
+
+    if stage.recipe not in DATA_BLOCKS:
+        raise TrainError(f"unknown recipe {stage.recipe!r}; expected one of {', '.join(DATA_BLOCKS)}")
+    block = DATA_BLOCKS[stage.recipe]
+    data_block = getattr(cfg.data, block)
     config_slice = {
         "stage": stage.model_dump(mode="json"),
         "data_policy": data_block.model_dump(mode="json", include={"max_tokens", "overlength"}) if data_block else None,
         "seed": cfg.seed,
         "base_model": cfg.base_model.model_dump(mode="json") if stage.init_from == "base" else None,
     }
-    manifest_path = run.prepare / "manifest.json"
-    data_manifest = read_json(manifest_path) if manifest_path.exists() else {}
-    upstream = [f"data:{data_manifest.get('content_hash') or data_manifest.get('input_hash') or 'missing'}"]
+    upstream = [f"data:{data_hash(run, block) or 'missing'}"]  # this block's prepared data only
     if stage.init_from != "base":
-        prev = read_json(run.train(stage.init_from) / "manifest.json") if (
-            run.train(stage.init_from) / "manifest.json").exists() else {}
+        prev = read_manifest(run.train(stage.init_from)) or {}
         upstream.append(f"stage:{stage.init_from}:{prev.get('input_hash', 'missing')}")
     return input_hash(config_slice, upstream)
 
