@@ -119,3 +119,14 @@ def test_home_relative_source_is_hashed_by_content(files, monkeypatch):
     rows = (files["root"] / "saiga.jsonl").read_text(encoding="utf-8").splitlines()
     (files["root"] / "saiga.jsonl").write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")
     assert prepare_hash(cfg) != before
+
+
+def test_each_local_source_is_read_once(files, monkeypatch):
+    """The up-front source check hands its loaded rows to the filters: every file is parsed once per prepare."""
+    import rutune.data.sources as sources
+
+    checked = []
+    real_check = sources.check_local_file
+    monkeypatch.setattr(sources, "check_local_file", lambda fs: checked.extend(fs) or real_check(fs))
+    run_prepare(config(files))
+    assert sorted(checked) == sorted(str(files[k]) for k in ("gm", "saiga", "rag", "pref"))

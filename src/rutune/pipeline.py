@@ -87,7 +87,7 @@ def run_prepare_stage(cfg, force: set[str], log: StageLog) -> dict:
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
     h = prepare_hash(cfg)
     linked = "prepare" not in force and _reuse(cfg, "prepare", h, run.prepare)
-    manifest = run_prepare(cfg, force="prepare" in force)
+    manifest = run_prepare(cfg, force="prepare" in force, known_hash=h)
     log.add("prepare", "linked" if linked else "skipped" if manifest.get("skipped") else "done")
     _index_add(cfg, "prepare", h, run.prepare)
     return manifest

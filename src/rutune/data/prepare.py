@@ -42,20 +42,22 @@ def prepare_hash(cfg) -> str:
     return input_hash(slice_)
 
 
-def check_sources(cfg) -> list[str]:
-    """Open every local source and check its columns (no model, no mixing); returns the locations."""
-    seen = []
+def check_sources(cfg) -> dict[tuple[str, int], tuple]:
+    """Open every local source and check its columns (no model, no mixing) before any work starts.
+
+    Returns the loaded `(dataset, where)` by `(block, index)`, so prepare does not read those files again; hub
+    sources are not opened here (validate stays offline).
+    """
+    loaded = {}
     for kind in ("sft", "preference"):
         block = getattr(cfg.data, kind)
         for i, src in enumerate(block.sources if block else []):
             adapter = REGISTRY[src.name]
             if adapter.kind != kind:
                 raise DataError(f"data.{kind}.sources.{i}: {src.name} is a {adapter.kind} source, not {kind}")
-            loc = describe_location(src)
-            if Path(loc).exists() or src.path is None:
-                load_source(src)
-            seen.append(loc)
-    return seen
+            if Path(describe_location(src)).exists() or src.path is None:
+                loaded[(kind, i)] = load_source(src)
+    return loaded
 
 
 class _ParquetChunks:
@@ -88,13 +90,14 @@ class _ParquetChunks:
             self.writer.close()
 
 
-def _filter_source(src, i: int, kind: str, cfg, dedup: Deduplicator, work: Path) -> tuple[Path | None, dict]:
+def _filter_source(src, i: int, kind: str, cfg, dedup: Deduplicator, work: Path,
+                   loaded: tuple | None) -> tuple[Path | None, dict]:
     """Pass 1 for one source: adapter + filters into `work/<i>.parquet`; returns (path, report)."""
     counts: dict[str, int] = {}
     examples: dict[str, str] = {}
     out = _ParquetChunks(work / f"{kind}-{i}-{src.name}.parquet")
     seen = 0
-    for record in iter_records(src, cfg.seed, counts, examples):
+    for record in iter_records(src, cfg.seed, counts, examples, loaded=loaded):
         seen += 1
         reason = None
         if src.min_russian_share is not None and russian_share(record_text(record)) < src.min_russian_share:
@@ -138,13 +141,13 @@ def _write_selection(parts: list[Path], selections: list[list[int]], order: list
     return len(selected)
 
 
-def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path) -> dict:
+def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path, loaded: dict) -> dict:
     dedup = Deduplicator(exact=block.dedup.exact, near=block.dedup.near, threshold=block.dedup.near_threshold,
                          shingle_chars=block.dedup.shingle_chars, seed=cfg.seed)
     parts, reports, plans, train_sel, holdout_sel = [], [], [], [], []
     holdout_percent = getattr(block, "holdout_percent", 0)
     for i, src in enumerate(block.sources):
-        path, report = _filter_source(src, i, kind, cfg, dedup, work)
+        path, report = _filter_source(src, i, kind, cfg, dedup, work, loaded.get((kind, i)))
         keep, held = holdout_split(report["after_filters"], percent=holdout_percent, seed=cfg.seed, source=src.name)
         plan = plan_source(src.name, len(keep), seed=cfg.seed, percent=src.percent, count=src.count)
         report.update(held_out=len(held), available=len(keep), requested=plan.requested, realised=plan.realised)
@@ -165,17 +168,20 @@ def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path) -> dict:
     return result
 
 
-def run_prepare(cfg, *, force: bool = False) -> dict:
-    """Run (or skip, when the manifest matches) the prepare stage; returns the manifest."""
+def run_prepare(cfg, *, force: bool = False, known_hash: str | None = None) -> dict:
+    """Run (or skip, when the manifest matches) the prepare stage; returns the manifest.
+
+    `known_hash`: `prepare_hash(cfg)` when the caller computed it (it reads every local source file).
+    """
     rd = RunDir.for_experiment(cfg.output_root, cfg.name)
-    h = prepare_hash(cfg)
+    h = known_hash or prepare_hash(cfg)
     if not force and stage_done(rd.prepare, h):
         manifest = read_manifest(rd.prepare)
         manifest["skipped"] = True
         return manifest
     if cfg.data.sft is None and cfg.data.preference is None:
         raise DataError("data: neither data.sft nor data.preference is configured; nothing to prepare")
-    check_sources(cfg)
+    loaded = check_sources(cfg)
     work = rd.prepare / ".work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -184,7 +190,7 @@ def run_prepare(cfg, *, force: bool = False) -> dict:
         for kind in ("sft", "preference"):
             block = getattr(cfg.data, kind)
             if block is not None:
-                manifest[kind] = _prepare_block(kind, block, cfg, rd, work)
+                manifest[kind] = _prepare_block(kind, block, cfg, rd, work, loaded)
         if cfg.data.contamination.eval_sets:
             report = contamination.check_prepared(rd.prepare, cfg.data.contamination)
             write_json_atomic(rd.prepare / "contamination.json", report)

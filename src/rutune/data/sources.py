@@ -309,10 +309,14 @@ def load_source(cfg):
     return ds, where
 
 
-def iter_records(cfg, seed: int, counts: dict[str, int], examples: dict[str, str]) -> Iterator[Conversation | PreferencePair]:
-    """Yield valid records of one source, counting each drop by reason (and keeping the first example)."""
+def iter_records(cfg, seed: int, counts: dict[str, int], examples: dict[str, str], *,
+                 loaded: tuple | None = None) -> Iterator[Conversation | PreferencePair]:
+    """Yield valid records of one source, counting each drop by reason (and keeping the first example).
+
+    `loaded`: the source's `load_source(cfg)` result when the caller already has it.
+    """
     adapter = REGISTRY[cfg.name]
-    ds, where = load_source(cfg)
+    ds, where = loaded or load_source(cfg)
     for i, row in enumerate(ds):
         reason = adapter.drop_reason(row, cfg, seed)
         if reason is None:
