@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from rutune.rundir import RunDir, input_hash, read_json, read_manifest, stage_done, write_json_atomic, write_manifest
+from rutune.rundir import RunDir, input_hash, mark_started, read_manifest, stage_done, started_for, write_manifest
 from rutune.train.errors import TrainError
 
 RECIPE_MODULES = {"sft": "rutune.train.sft", "simpo": "rutune.train.simpo"}
@@ -44,16 +44,14 @@ def stage_input_hash(cfg, stage, run: RunDir) -> str:
 
 def _reset_if_stale(stage_dir: Path, expected_hash: str, force: bool) -> None:
     """Keep intermediate checkpoints only when they were made for the same inputs (so a resume is exact)."""
-    marker = stage_dir / "inputs.json"
-    previous = read_json(marker).get("input_hash") if marker.exists() else None
-    if force or previous != expected_hash:
+    if force or started_for(stage_dir) != expected_hash:
         for sub in ("trainer", "metrics.jsonl", "manifest.json"):
             target = stage_dir / sub
             if target.is_dir():
                 shutil.rmtree(target, ignore_errors=True)
             else:
                 target.unlink(missing_ok=True)
-    write_json_atomic(marker, {"input_hash": expected_hash})
+    mark_started(stage_dir, expected_hash)
 
 
 def _recipe(name: str):
