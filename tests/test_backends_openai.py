@@ -129,3 +129,24 @@ def test_unreachable_server_is_a_clear_error():
     be = OpenAIBackend("http://127.0.0.1:9/v1", "m", max_retries=0, timeout_s=2)
     with pytest.raises(EvalError, match="cannot reach"):
         be.generate([GenerationRequest(prompt="x", max_new_tokens=1)])
+
+
+def test_run_sync_works_inside_a_running_event_loop():
+    """A notebook already runs a loop: the sync entry points (openai backend, judge) still return or raise."""
+    import asyncio
+
+    from rutune.eval.backends import run_sync
+
+    async def value():
+        return 41 + 1
+
+    async def fail():
+        raise ValueError("boom")
+
+    async def inside(coro):  # sync code called from inside a loop
+        return run_sync(coro)
+
+    assert run_sync(value()) == 42
+    assert asyncio.run(inside(value())) == 42
+    with pytest.raises(ValueError, match="boom"):
+        asyncio.run(inside(fail()))

@@ -10,37 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
-                                  cut_at_stop, messages_of, plain_text_of, split_pair)
+                                  cut_at_stop, messages_of, plain_text_of, run_sync, split_pair)
 from rutune.eval.errors import EvalError
 
 if TYPE_CHECKING:
     from rutune.config_eval import BackendConfig
-
-
-def _run(coro):
-    """Run a coroutine to completion, also when the caller already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target():
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 class OpenAIBackend:
@@ -120,7 +97,7 @@ class OpenAIBackend:
         return GenerationResult(text=text, n_tokens=int(n_tokens), finish_reason=finish)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        return _run(self._gather(self._generate_one, requests))
+        return run_sync(self._gather(self._generate_one, requests))
 
     # ------------------------------------------------------------------ log-likelihood
     def _no_logprobs(self, why: str) -> EvalError:
@@ -159,4 +136,4 @@ class OpenAIBackend:
         return LoglikelihoodResult(logprob=total, is_greedy=greedy)
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
-        return _run(self._gather(self._loglikelihood_one, requests))
+        return run_sync(self._gather(self._loglikelihood_one, requests))

@@ -100,6 +100,20 @@ def plain_text_of(request: GenerationRequest) -> str:
     return "\n\n".join(str(m.get("content", "")) for m in request.messages or ())
 
 
+def run_sync(coro):
+    """Run a coroutine to completion from synchronous code, also when the caller already runs an event loop
+    (a notebook): then it runs on a fresh loop in a worker thread."""
+    import asyncio
+    import concurrent.futures
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def resolve_model(model_path: str) -> str:
     """`models.resolve_model_path` for the eval backends: a missing folder is an EvalError (one line)."""
     from rutune.models import ModelError, resolve_model_path

@@ -16,7 +16,6 @@ flushed one by one; a torn last line left by a kill is dropped on the next run.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import email.utils
 import hashlib
 import json
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rutune.eval.arena_scoring import model_score
+from rutune.eval.backends import run_sync
 from rutune.eval.items import append_rows, read_items, truncate_torn_tail
 from rutune.eval.judge import JudgeError, JudgePrompt, JudgeProfile, neutralise_markers, parse_verdict
 from rutune.rundir import stable_hash
@@ -229,13 +229,7 @@ def judge_games(games: list[Game], profile: JudgeProfile, prompt: JudgePrompt, c
     """Synchronous entry point: judge `games` (resuming from `cache_path`) and return their records."""
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    coro = judge_games_async(games, profile, prompt, cache_path, on_done=on_done)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from inside an event loop
-        return pool.submit(asyncio.run, coro).result()
+    return run_sync(judge_games_async(games, profile, prompt, cache_path, on_done=on_done))
 
 
 def count_statuses(records: Iterable[dict]) -> dict[str, int]:
