@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
-                                  cut_at_stop, encode_pair, messages_of, plain_text_of, resolve_model,
+                                  count_tokens, cut_at_stop, encode_pair, prompt_text, prompt_token_ids, resolve_model,
                                   split_pair)
 from rutune.eval.errors import EvalError
 
@@ -105,20 +105,13 @@ class HFBackend:
     # ------------------------------------------------------------------ prompts
     def prompt_text(self, request: GenerationRequest) -> str:
         """The exact text the model sees for a generation request."""
-        if not self.apply_chat_template:
-            return plain_text_of(request)
-        if not self.tokenizer.chat_template:
-            raise EvalError(f"model {self.model_path}: its tokenizer has no chat template, but the chat template "
-                            "is requested (set eval.backend.apply_chat_template: false)")
-        return self.tokenizer.apply_chat_template(messages_of(request), tokenize=False, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, request, self.apply_chat_template, self.model_path)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        text = self.prompt_text(request)
-        # A rendered chat already holds its special tokens; plain text gets the tokenizer's own (e.g. BOS).
-        return self.tokenizer(text, add_special_tokens=not self.apply_chat_template)["input_ids"]
+        return prompt_token_ids(self.tokenizer, request, self.apply_chat_template, self.model_path)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return count_tokens(self.tokenizer, text)
 
     # ------------------------------------------------------------------ batching helpers
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

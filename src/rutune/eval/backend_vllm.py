@@ -9,7 +9,8 @@ Log-likelihood reads `prompt_logprobs` of context‖continuation (one request pe
 from __future__ import annotations
 
 from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
-                                  cut_at_stop, encode_pair, messages_of, plain_text_of, resolve_model)
+                                  count_tokens, cut_at_stop, encode_pair, prompt_token_ids,
+                                  resolve_model)
 from rutune.eval.errors import EvalError
 
 
@@ -36,16 +37,10 @@ class VLLMBackend:
         self._vllm = vllm
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        if not self.apply_chat_template:
-            return self.tokenizer(plain_text_of(request))["input_ids"]
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise EvalError(f"model {self.model_path}: its tokenizer has no chat template, but the chat template "
-                            "is requested (set eval.backend.apply_chat_template: false)")
-        text = self.tokenizer.apply_chat_template(messages_of(request), tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return prompt_token_ids(self.tokenizer, request, self.apply_chat_template, self.model_path)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return count_tokens(self.tokenizer, text)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         prompts, params = [], []

@@ -100,6 +100,38 @@ def plain_text_of(request: GenerationRequest) -> str:
     return "\n\n".join(str(m.get("content", "")) for m in request.messages or ())
 
 
+def render_chat(tokenizer, messages, *, fix: str) -> str:
+    """Messages through the tokenizer's chat template, ending with the assistant's generation prompt.
+
+    A tokenizer without a template is an EvalError whose message ends with `fix` (the setting to change).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise EvalError(f"its tokenizer has no chat template, but the chat template is requested ({fix})")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def prompt_text(tokenizer, request: GenerationRequest, apply_chat_template: bool, model_path: str) -> str:
+    """The exact text a local backend (hf, vllm) generates from."""
+    if not apply_chat_template:
+        return plain_text_of(request)
+    try:
+        return render_chat(tokenizer, messages_of(request), fix="set eval.backend.apply_chat_template: false")
+    except EvalError as e:
+        raise EvalError(f"model {model_path}: {e}") from None
+
+
+def prompt_token_ids(tokenizer, request: GenerationRequest, apply_chat_template: bool, model_path: str) -> list[int]:
+    """`prompt_text` tokenised: a rendered chat already holds its special tokens; plain text gets the
+    tokenizer's own (e.g. BOS)."""
+    text = prompt_text(tokenizer, request, apply_chat_template, model_path)
+    return tokenizer(text, add_special_tokens=not apply_chat_template)["input_ids"]
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of `text` without special tokens (ruBABILong's generator sizes its contexts with it)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def run_sync(coro):
     """Run a coroutine to completion from synchronous code, also when the caller already runs an event loop
     (a notebook): then it runs on a fresh loop in a worker thread."""

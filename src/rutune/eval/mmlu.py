@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from rutune.eval.backends import render_chat
 from rutune.eval.errors import EvalError
 from rutune.eval.items import ItemsLog
 from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, hub_revision, load_questions
@@ -110,9 +111,7 @@ def chat_wrap(backend, prompt: str) -> str:
     tok = getattr(backend, "tokenizer", None)
     if tok is None:
         raise EvalError("eval.mmlu.chat_template needs a backend with a local tokenizer (hf or vllm)")
-    if not tok.chat_template:
-        raise EvalError("eval.mmlu.chat_template: the model's tokenizer has no chat template")
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return render_chat(tok, [{"role": "user", "content": prompt}], fix="set eval.mmlu.chat_template: false")
 
 
 def score_questions(backend, items: list[tuple[Question, str, int]]) -> list[dict]:
