@@ -222,6 +222,8 @@ CLI_CASES = {
     "judge profile unknown key": (lambda t: ["eval", "arena", "--model", "tiny", "--judge",
                                              _text(t / "j.yaml", "base_url: http://h/v1\nmodel: m\nbogus: 1\n")], ["j.yaml: bogus: unknown key"]),
     "arena with neither model nor answers": (lambda t: ["eval", "arena"], ["give --model PATH"]),
+    "unknown backend names the option": (lambda t: ["eval", "arena", "--model", "tiny", "--backend", "foo"],
+                                         ["--backend: Input should be 'hf', 'vllm' or 'openai'"]),
     "sweep grid unknown key": (lambda t: ["sweep", _text(t / "g.yaml", "base: x.yaml\nvariantz: {}\n"), "--dry-run"], ["variantz: unknown key"]),
     "report on a folder with no runs": (lambda t: ["report", _dir(t / "empty-run"), "--out", t / "rep"], ["empty-run"]),
     "eval.models names no stage": (lambda t: ["run", _text(t / "m.yaml", "name: m\noutput_root: " + str(t / "runs") +

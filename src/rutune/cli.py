@@ -140,6 +140,9 @@ def train(
 
 
 # ---------------------------------------------------------------- eval: mmlu, babilong
+OPTION_OF_FIELD = {"kind": "backend"}  # config fields whose command-line option has another name
+
+
 def _eval_config(cls, **fields):
     """Build an eval config block; a bad value is one line naming the option."""
     from pydantic import ValidationError
@@ -148,7 +151,8 @@ def _eval_config(cls, **fields):
         return cls(**fields)
     except ValidationError as e:
         err = e.errors()[0]
-        fail(f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: {err['msg']}")
+        field = ".".join(str(p) for p in err["loc"])
+        fail(f"--{OPTION_OF_FIELD.get(field, field).replace('_', '-')}: {err['msg']}")
 
 
 def _progress_run(label: str, fn):
@@ -277,13 +281,12 @@ def eval_arena(
 
     if model is None and answers is None:
         fail("give --model PATH (to generate answers) or --answers FILE (to score existing ones)")
-    if backend not in ("hf", "vllm", "openai"):
-        fail(f"--backend {backend}: expected hf, vllm or openai")
+    backend_cfg = _eval_config(BackendConfig, kind=backend, batch_size=batch_size, base_url=base_url,
+                               api_key_env=api_key_env)
     name = label or Path(str(model or answers)).name.removesuffix(".jsonl") or "model"
     cfg = guarded(lambda: ArenaConfig(questions=questions, baseline=str(baseline) if baseline else None,
                                       answers=str(answers) if answers else None, judge=str(judge) if judge else None,
                                       limit=limit, max_new_tokens=max_new_tokens, system_prompt=system_prompt))
-    backend_cfg = BackendConfig(kind=backend, batch_size=batch_size, base_url=base_url, api_key_env=api_key_env)
     out_dir = out or Path("runs") / "eval" / "arena" / name
     results = guarded(lambda: run_arena(cfg, backend_cfg, model, name, out_dir, seed=seed))
     typer.echo(summary_line(results))
