@@ -285,24 +285,25 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _union_member(model: Any, tag: str) -> Any:
+def _tagged_models() -> list:
+    """The schema classes chosen by a tag field (`name` of a source, `recipe` of a stage)."""
     from rutune import config_train as schema_train
 
-    candidates = [GrandMasterSource, SaigaScoredSource, GroundedRagSource, ChatJsonlSource, SaigaPreferencesSource,
-                  *schema_train.STAGE_MODELS]
-    for c in candidates:
-        for field_name in ("name", "recipe"):
-            f = c.model_fields.get(field_name)
-            if f is not None and tag in getattr(f.annotation, "__args__", ()):
-                return c
-    return model
+    return [GrandMasterSource, SaigaScoredSource, GroundedRagSource, ChatJsonlSource, SaigaPreferencesSource,
+            *schema_train.STAGE_MODELS]
+
+
+def _tags_of(model: Any) -> tuple:
+    fields = (model.model_fields.get(name) for name in ("name", "recipe"))
+    return tuple(tag for f in fields if f is not None for tag in getattr(f.annotation, "__args__", ()))
+
+
+def _union_member(model: Any, tag: str) -> Any:
+    return next((c for c in _tagged_models() if tag in _tags_of(c)), model)
 
 
 def _is_tag(part: Any) -> bool:
-    from rutune import config_train
-
-    tags = {"grandmaster_pro_max", "saiga_scored", "grounded_rag_ru_v2", "saiga_preferences", "chat_messages"}
-    return isinstance(part, str) and part in tags | set(config_train.RECIPES)
+    return isinstance(part, str) and any(part in _tags_of(c) for c in _tagged_models())
 
 
 def _format_error(err: dict, src: str, lines: dict[tuple, int]) -> str:

@@ -49,8 +49,10 @@ def _index_lookup(cfg, kind: str, h: str) -> Path | None:
 def _index_add(cfg, kind: str, h: str, stage_dir: Path) -> None:
     path = _index_path(cfg)
     index = read_json(path) if path.exists() else {}
-    index[f"{kind}:{h}"] = str(stage_dir.resolve())
-    write_json_atomic(path, index)
+    key, where = f"{kind}:{h}", str(stage_dir.resolve())
+    if index.get(key) != where:  # most stages are already indexed: no rewrite
+        index[key] = where
+        write_json_atomic(path, index)
 
 
 def _link_tree(src: Path, dst: Path) -> None:
