@@ -39,15 +39,19 @@ def write_block_manifest(prep: Path, block: str, file_name: str, rows: int, cont
     write_json_atomic(prep / "manifest.json", manifest)
 
 
-def write_prepared(run_root: Path, rows: list[dict], *, content_hash: str = "test-data") -> Path:
-    """Write `prepare/sft.parquet` + its block of the manifest the way the prepare stage does."""
+def write_block(run_root: Path, block: str, rows: list[dict], content_hash: str) -> Path:
+    """Write `prepare/<block>.parquet` + its block of the manifest the way the prepare stage does."""
     import datasets
 
     prep = Path(run_root) / "prepare"
     prep.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(rows).to_parquet(str(prep / "sft.parquet"))
-    write_block_manifest(prep, "sft", "sft.parquet", len(rows), content_hash)
-    return prep / "sft.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(prep / f"{block}.parquet"))
+    write_block_manifest(prep, block, f"{block}.parquet", len(rows), content_hash)
+    return prep / f"{block}.parquet"
+
+
+def write_prepared(run_root: Path, rows: list[dict], *, content_hash: str = "test-data") -> Path:
+    return write_block(run_root, "sft", rows, content_hash)
 
 
 def sft_config(tmp_path: Path, *, stage: dict | None = None, name: str = "t", **top):

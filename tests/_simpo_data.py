@@ -33,15 +33,9 @@ def make_pairs(n: int, *, seed: int = 0, long_every: int = 4) -> list[dict]:
 
 
 def write_pairs(run_root: Path, rows: list[dict], *, content_hash: str = "pref-test-data") -> Path:
-    """Write `prepare/preference.parquet` + its block of the manifest the way the prepare stage does."""
-    import datasets
-    from _sft_data import write_block_manifest
+    from _sft_data import write_block
 
-    prep = Path(run_root) / "prepare"
-    prep.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(rows).to_parquet(str(prep / "preference.parquet"))
-    write_block_manifest(prep, "preference", "preference.parquet", len(rows), content_hash)
-    return prep / "preference.parquet"
+    return write_block(run_root, "preference", rows, content_hash)
 
 
 def simpo_config(tmp_path: Path, *, stage: dict | None = None, preference: dict | None = None, name: str = "t",
