@@ -30,7 +30,7 @@ def main() -> None:
     import torch
     import uvicorn
 
-    from rutune.config_eval import BackendConfig
+    from rutune.eval.backend_base import BackendConfig
     from rutune.data.templates import render
     from rutune.eval.backend_openai import OpenAIBackend
     from rutune.eval.backends import LoglikelihoodRequest, make_backend

@@ -102,11 +102,11 @@ def _summary(name, timer_ends, counts, losses, warmup):
 def run_rutune(model_dir, chats, steps, warmup, batch, lr, out):
     import datasets
 
-    from rutune.config_train import SftStage
+    from rutune.train.recipes.sft import SftStage
     from rutune.data.templates import load_tokenizer, tokenize_chats
     from rutune.attention import PACKED_SDPA
     from rutune.train.collators import pack_sft
-    from rutune.train.runtime import training_arguments
+    from rutune.train.trainer import training_arguments
     from rutune.train.sft import build_trainer
     from transformers import AutoModelForCausalLM
 

@@ -121,8 +121,8 @@ def worker_rutune(tok, model_dir, rows, batch, steps):
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from rutune.config_train import SimpoStage
-    from rutune.train.simpo import build_trainer
+    from rutune.train.recipes.preference import PreferenceStage
+    from rutune.train.preference import build_trainer
 
     stage = SimpoStage(recipe="simpo", beta=BETA, gamma=GAMMA, batching="prefix_shared")
     data = Dataset.from_list(_tokenized(tok, rows))

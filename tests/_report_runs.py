@@ -18,6 +18,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rutune.results import display
+from rutune.stats import bootstrap_ci
+
+SHORT = {"grandmaster_pro_max": "GM", "saiga_scored": "Saiga", "grounded_rag_ru_v2": "RAG",
+         "saiga_preferences": "Saiga Pref"}  # what the source registry writes into the prepare manifest
+
 JUDGE_FIX = "no judge configured: pass --judge configs/judges/NAME.yaml or set RUTUNE_JUDGE_BASE_URL"
 
 
@@ -37,7 +43,8 @@ def _entry(value, lo, hi, n_valid, n_total, item_key=None, **extra):
 
 
 def source(name, requested, available, realised, *, read, after, held=0, dropped=None):
-    return {"source": name, "requested": requested, "available": available, "realised": realised,
+    return {"source": name, "short": SHORT.get(name, name), "requested": requested, "available": available,
+            "realised": realised,
             "rows_read": read, "after_filters": after, "held_out": held, "dropped": dropped or {},
             "location": f"/data/{name}.jsonl", "examples": {}}
 
@@ -56,8 +63,9 @@ def write_prepare(root: Path, experiment: str, sft_sources, pref_sources=(), con
 
 
 def write_stage(root: Path, name: str, recipe: str, init_from: str, losses) -> None:
+    block = {"sft": "sft", "preference": "preference"}.get(recipe)
     _write(root / "train" / name / "manifest.json", {"input_hash": "x", "stage": name, "recipe": recipe,
-                                                      "init_from": init_from, "checkpoint": "c"})
+                                                      "data_block": block, "init_from": init_from, "checkpoint": "c"})
     _jsonl(root / "train" / name / "metrics.jsonl",
            [{"step": 5 * (i + 1), "epoch": 0.1 * (i + 1), "loss": loss, "learning_rate": 1e-3, "grad_norm": 1.0}
             for i, loss in enumerate(losses)])
@@ -69,7 +77,9 @@ def write_mmlu(root: Path, model: str, right_upto: int, n: int = 200, ci=(0.43, 
     folder = root / "eval" / "mmlu" / model
     _jsonl(folder / "items.jsonl", items)
     _write(folder / "results.json", {"suite": "mmlu", "model": model, "model_path": f"/ckpt/{model}",
-                                     "metrics": {"accuracy": _entry(right_upto / n, *ci, n, n, "correct"),
+                                     "metrics": {"accuracy": _entry(right_upto / n, *ci, n, n, "correct",
+                                                                    display=display("ruMMLU", test="mcnemar",
+                                                                                    order=20, item_key="correct")),
                                                  "macro": _entry(right_upto / n, *ci, n, n)},
                                      "extra": {"unit": "fraction"}})
 
@@ -87,8 +97,12 @@ def write_babilong(root: Path, model: str, qa1_right: set, qa2_right: set, faile
     folder = root / "eval" / "babilong" / model
     _jsonl(folder / "items.jsonl", items)
     _write(folder / "results.json", {"suite": "babilong", "model": model, "model_path": f"/ckpt/{model}",
-                                     "metrics": {"qa1": _entry(*qa1, 30 - n_failed["qa1"], 30),
-                                                 "qa2": _entry(*qa2, 30 - n_failed["qa2"], 30)},
+                                     "metrics": {"qa1": _entry(*qa1, 30 - n_failed["qa1"], 30, display=display(
+                                                     "QA1", test="mcnemar", order=30, item_key="score",
+                                                     where={"task": "qa1"})),
+                                                 "qa2": _entry(*qa2, 30 - n_failed["qa2"], 30, display=display(
+                                                     "QA2", test="mcnemar", order=31, item_key="score",
+                                                     where={"task": "qa2"}))},
                                      "extra": {"unit": "fraction"}})
 
 
@@ -100,20 +114,32 @@ def write_arena(root: Path, model: str, scores: list | None, lengths: list[int],
          "choices": [{"index": 0, "turns": [{"content": "ответ " * n, "token_len": None,
                                              "token_len_unit": "cl100k", "model_token_len": n}]}]} for q, n in enumerate(lengths)])
     n_q = len(lengths)
-    avg = {"value": sum(lengths) / n_q, "unit": "model_tokens", "n_valid": n_q, "n_total": n_q, "item_key": None}
+    _jsonl(folder / "lengths.jsonl", [{"id": str(q), "model_tokens": n, "chars": 6 * n, "cl100k": None}
+                                      for q, n in enumerate(lengths)])
+    lo, hi = bootstrap_ci(lengths, rounds=1000, seed=0)
+    avg = {"value": sum(lengths) / n_q, "ci_low": lo, "ci_high": hi, "unit": "model_tokens", "n_valid": n_q,
+           "n_total": n_q, "item_key": None,
+           "display": display("Avg len", decimals=0, direction="none", test="paired_bootstrap", order=12,
+                              items_file="lengths.jsonl", item_key="model_tokens", unit_title="model tokens",
+                              histogram=True)}
     metrics = {"avg_tokens": avg}
+    shown = {"win_rate": display("Judge", test="paired_bootstrap", order=10, item_key="model_score"),
+             "win_rate_lc": display("Judge (LC)", order=11)}
     if scores is None:
         for name in ("win_rate", "win_rate_lc", "win_rate_lc_alpaca"):
             metrics[name] = {"value": None, "ci_low": None, "ci_high": None, "n_valid": 0, "n_total": 2 * n_q,
-                             "item_key": None, "available": False, "reason": JUDGE_FIX}
+                             "item_key": None, "available": False, "note": "no judge configured",
+                             "reason": JUDGE_FIX}
+            if name in shown:
+                metrics[name]["display"] = shown[name]
     else:
         rows = [{"id": f"{q}-g{g}", "question_id": str(q), "game": g, "status": "ok" if s is not None else "error",
                  "valid": s is not None, "verdict": None, "model_score": s, "model_token_len": lengths[q]}
                 for q in range(n_q) for g, s in ((1, scores[2 * q]), (2, scores[2 * q + 1]))]
         _jsonl(folder / "items.jsonl", rows)
         n_valid = sum(s is not None for s in scores)
-        metrics["win_rate"] = _entry(*win, n_valid, 2 * n_q)
-        metrics["win_rate_lc"] = _entry(*lc, n_valid, 2 * n_q)
+        metrics["win_rate"] = _entry(*win, n_valid, 2 * n_q, display=shown["win_rate"])
+        metrics["win_rate_lc"] = _entry(*lc, n_valid, 2 * n_q, display=shown["win_rate_lc"])
     _write(folder / "results.json", {"suite": "arena", "model": model, "model_path": f"/ckpt/{model}",
                                      "metrics": metrics, "extra": {"judge_configured": scores is not None}})
 
@@ -132,7 +158,7 @@ def make_sweep(tmp: Path) -> list[Path]:
                   [source("saiga_preferences", "100%", 300, 300, read=320, after=300, dropped={"regex": 20})],
                   CONTAMINATION)
     write_stage(gm60, "sft", "sft", "base", [2.5, 2.0, 1.6, 1.4])
-    write_stage(gm60, "simpo", "simpo", "sft", [0.9, 0.7, 0.6])
+    write_stage(gm60, "simpo", "preference", "sft", [0.9, 0.7, 0.6])
     write_mmlu(gm60, "base", 100)
     write_mmlu(gm60, "sft", 160, ci=(0.74, 0.86))
     write_mmlu(gm60, "simpo", 105, ci=(0.455, 0.595))

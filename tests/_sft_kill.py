@@ -14,7 +14,7 @@ import sys
 
 from transformers import TrainerCallback
 
-import rutune.train.runtime as runtime
+import rutune.train.trainer as runtime
 
 
 class Kill(TrainerCallback):

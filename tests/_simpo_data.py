@@ -40,12 +40,15 @@ def write_pairs(run_root: Path, rows: list[dict], *, content_hash: str = "pref-t
 
 def simpo_config(tmp_path: Path, *, stage: dict | None = None, preference: dict | None = None, name: str = "t",
                  stages_before: list[dict] | None = None, **top):
-    """An ExperimentConfig with one simpo stage (after optional earlier stages) on the tiny model."""
+    """An ExperimentConfig with one preference stage (SimPO; `beta`/`gamma`/`sft_weight` in `stage` go to its `loss`
+    block) after optional earlier stages, on the tiny model."""
     from rutune.config import parse_config
 
-    st = {"recipe": "simpo", "init_from": "base", "learning_rate": 1e-3, "per_device_batch_size": 4,
-          "max_steps": 6, "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_steps": 100, "precision": "fp32",
-          **(stage or {})}
+    stage = dict(stage or {})
+    loss = {"name": "simpo", **{k: stage.pop(k) for k in ("beta", "gamma", "sft_weight") if k in stage}}
+    st = {"recipe": "preference", "name": "simpo", "init_from": "base", "learning_rate": 1e-3,
+          "per_device_batch_size": 4, "max_steps": 6, "warmup_ratio": 0.0, "lr_scheduler": "constant",
+          "save_steps": 100, "precision": "fp32", "loss": loss, **stage}
     data = {"preference": {"sources": [{"name": "saiga_preferences", "path": "unused.jsonl", "percent": 100}],
                            "max_tokens": 512, **(preference or {})}}
     if stages_before:

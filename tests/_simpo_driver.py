@@ -18,7 +18,7 @@ def main() -> None:
     from transformers import TrainerCallback
 
     from rutune.config import parse_config
-    from rutune.train import runtime
+    from rutune.train import trainer as runtime
     from rutune.train.stages import run_training
 
     cfg = parse_config(json.loads(open(sys.argv[1], encoding="utf-8").read()))

@@ -17,6 +17,14 @@ def shared_dir() -> Path | None:
     return None
 
 
+def benchdata_dir() -> Path | None:
+    """`shared/benchdata/ru_llm_arena` (real arena questions and answers): tests pass its files explicitly, the
+    package never looks for it."""
+    shared = shared_dir()
+    path = shared / "benchdata" / "ru_llm_arena" if shared else None
+    return path if path is not None and (path / "arena-hard-v0.1" / "question.jsonl").is_file() else None
+
+
 def qwen_tokenizer_dir() -> Path | None:
     shared = shared_dir()
     path = shared / "tokenizers" / "qwen2.5" if shared else None

@@ -12,14 +12,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from judge_server import JudgeServer, question_of, verdict_for  # noqa: E402
 
-from rutune.config_eval import ArenaConfig, BackendConfig  # noqa: E402
+from rutune.eval.backend_base import BackendConfig
+from rutune.eval.suites.arena import ArenaConfig  # noqa: E402
+from conftest import benchdata_dir  # noqa: E402
 from rutune.eval import arena_data  # noqa: E402
 from rutune.eval.arena import run_arena, summary_line  # noqa: E402
 from rutune.eval.errors import EvalError  # noqa: E402
 from rutune.eval.judge import NO_JUDGE_FIX, JudgeProfile, load_prompt  # noqa: E402
 
-BENCH = arena_data.benchdata_dir()
+BENCH = benchdata_dir()
 needs_bench = pytest.mark.skipif(BENCH is None, reason="benchdata ru_llm_arena not found (../shared/benchdata)")
+QUESTIONS = BENCH / "arena-hard-v0.1" / "question.jsonl" if BENCH else None
+BASELINE = BENCH / "arena-hard-v0.1" / "model_answer" / "gpt-3.5-turbo-0125.jsonl" if BENCH else None
 RESULTS = [">>", ">", "=", "<", "<<"]
 
 
@@ -65,11 +69,11 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
     torch.set_num_threads(2)
     from rutune.models import tiny_model_path
 
-    cfg = ArenaConfig(limit=20, max_new_tokens=8)
-    questions = arena_data.load_questions(None, limit=20)
+    cfg = ArenaConfig(limit=20, max_new_tokens=8, questions=str(QUESTIONS), baseline=str(BASELINE))
+    questions = arena_data.load_questions(QUESTIONS, limit=20)
     assert len(questions) == 20 and questions[0].question_id == "721086674"  # the real benchdata file
     reply, baseline_texts = by_question_index(questions)
-    baseline = arena_data.load_answers(arena_data.default_baseline())
+    baseline = arena_data.load_answers(BASELINE)
     baseline_texts.update(baseline[q.question_id].content for q in questions)
     out = tmp_path / "arena" / "tiny"
     with JudgeServer(reply) as server:
@@ -110,13 +114,14 @@ def test_tiny_model_end_to_end_on_20_real_questions(tmp_path, no_env_judge):
 
 @needs_bench
 def test_no_judge_still_writes_answers_and_lengths(tmp_path, no_env_judge):
-    res = run_arena(ArenaConfig(answers=str(answers_file("qwen2-7b-instruct")), limit=10), None, None, "qwen2-7b",
+    res = run_arena(ArenaConfig(answers=str(answers_file("qwen2-7b-instruct")), limit=10, questions=str(QUESTIONS),
+                                baseline=str(BASELINE)), None, None, "qwen2-7b",
                     tmp_path, progress=False)
     wr = res["metrics"]["win_rate"]
     assert wr["available"] is False and wr["reason"] == NO_JUDGE_FIX and wr["value"] is None
     assert (wr["n_valid"], wr["n_total"]) == (0, 20)
     rows = [json.loads(line) for line in open(answers_file("qwen2-7b-instruct"))]
-    ids = [q.question_id for q in arena_data.load_questions(None, limit=10)]
+    ids = [q.question_id for q in arena_data.load_questions(QUESTIONS, limit=10)]
     lens = {str(r["question_id"]): r["choices"][0]["turns"][0]["token_len"] for r in rows}
     assert res["metrics"]["avg_tokens"] == {"value": pytest.approx(np.mean([lens[i] for i in ids])),
                                             "unit": "cl100k", "n_valid": 10, "n_total": 10, "item_key": None}
@@ -129,8 +134,8 @@ def test_real_answers_with_a_length_loving_judge(tmp_path):
     """Real qwen2-7b vs gpt-3.5 answers; the scripted judge picks the longer answer, strongly when it is 2× longer.
     The BT score must equal the weighted win share, and length control must pull it down."""
     model = arena_data.load_answers(answers_file("qwen2-7b-instruct"))
-    base = arena_data.load_answers(arena_data.default_baseline())
-    questions = arena_data.load_questions(None, limit=100)
+    base = arena_data.load_answers(BASELINE)
+    questions = arena_data.load_questions(QUESTIONS, limit=100)
 
     def reply(body):
         user = next(m["content"] for m in body["messages"] if m["role"] == "user")
@@ -142,7 +147,8 @@ def test_real_answers_with_a_length_loving_judge(tmp_path):
 
     with JudgeServer(reply) as server:
         prof = JudgeProfile(base_url=server.base_url, model="length-lover", concurrency=16)
-        res = run_arena(ArenaConfig(answers=str(answers_file("qwen2-7b-instruct")), limit=100), None, None,
+        res = run_arena(ArenaConfig(answers=str(answers_file("qwen2-7b-instruct")), limit=100,
+                                    questions=str(QUESTIONS), baseline=str(BASELINE)), None, None,
                         "qwen2-7b", tmp_path, judge=prof, progress=False)
     wins = rows = 0
     for q in questions:
@@ -159,12 +165,12 @@ def test_real_answers_with_a_length_loving_judge(tmp_path):
 @needs_bench
 def test_missing_model_answers_are_explicit_errors(tmp_path, no_env_judge):
     src = [json.loads(line) for line in open(answers_file("gpt-4o-mini"))]
-    ids = [q.question_id for q in arena_data.load_questions(None, limit=6)]
+    ids = [q.question_id for q in arena_data.load_questions(QUESTIONS, limit=6)]
     partial = tmp_path / "partial.jsonl"
     partial.write_text("".join(json.dumps(r) + "\n" for r in src if str(r["question_id"]) in ids[:4]))
     with JudgeServer(lambda body: "[[A=B]]") as server:
         prof = JudgeProfile(base_url=server.base_url, model="tie-judge")
-        res = run_arena(ArenaConfig(answers=str(partial), limit=6), None, None, "4o-mini", tmp_path / "o",
+        res = run_arena(ArenaConfig(answers=str(partial), limit=6, questions=str(QUESTIONS), baseline=str(BASELINE)), None, None, "4o-mini", tmp_path / "o",
                         judge=prof, progress=False)
     wr = res["metrics"]["win_rate"]
     assert (wr["n_valid"], wr["n_total"], wr["value"]) == (8, 12, 0.5)
@@ -175,8 +181,6 @@ def test_missing_model_answers_are_explicit_errors(tmp_path, no_env_judge):
 
 
 def test_bundled_placeholders_and_bad_input(tmp_path, monkeypatch):
-    monkeypatch.setenv("RUTUNE_BENCHDATA", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(arena_data, "benchdata_dir", lambda: None)
     assert arena_data.default_questions() == arena_data.SAMPLES / "arena_questions.jsonl"
     qs = arena_data.load_questions(None)
     base = arena_data.load_answers(arena_data.default_baseline())
@@ -232,14 +236,15 @@ def test_cli_eval_arena(tmp_path, no_env_judge):
     runner = CliRunner()
     out = tmp_path / "o"
     r = runner.invoke(app, ["eval", "arena", "--answers", str(answers_file("gpt-4o-mini")), "--limit", "5",
-                            "--out", str(out)])
+                            "--out", str(out), "--questions", str(QUESTIONS), "--baseline", str(BASELINE)])
     assert r.exit_code == 0, r.output
     assert "win rate not available" in r.output and (out / "results.json").exists()
     with JudgeServer(lambda body: "[[A=B]]") as server:
         prof = tmp_path / "judge.yaml"
         prof.write_text(f"base_url: {server.base_url}\nmodel: tie\nconcurrency: 4\n")
         r = runner.invoke(app, ["eval", "arena", "--answers", str(answers_file("gpt-4o-mini")), "--limit", "5",
-                                "--out", str(out), "--judge", str(prof)])
+                                "--out", str(out), "--judge", str(prof), "--questions", str(QUESTIONS),
+                                "--baseline", str(BASELINE)])
     assert r.exit_code == 0, r.output
     assert "win rate vs baseline 0.500" in r.output and "10/10 valid games" in r.output
     r = runner.invoke(app, ["eval", "arena", "--answers", str(tmp_path / "missing.jsonl"), "--out", str(out)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rutune.eval import arena_scoring as sc
-from rutune.eval.arena_data import benchdata_dir
+from conftest import benchdata_dir
 
 
 def game(q, g, verdict, valid=True):

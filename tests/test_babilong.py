@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rutune.config_eval import BabilongConfig, BackendConfig
+from rutune.eval.backend_base import BackendConfig
+from rutune.eval.suites.babilong import BabilongConfig
 from rutune.eval.babilong import (babilong_metrics, libra_score, load_rows, load_templates, normalised_score,
                                   run_babilong)
 from rutune.eval.backends import GenerationResult, make_backend
@@ -142,7 +143,7 @@ def hf(tiny_model_dir):
 def test_run_with_oracle_scores_one_and_resumes(hf, tmp_path):
     from test_babilong_generator import solve_prompt
 
-    cfg = BabilongConfig(lengths=["256", "1k"], samples_per_length=4, bootstrap_rounds=100)
+    cfg = BabilongConfig(lengths=["256", "1k"], samples_per_length=4)
     full = run_babilong(cfg, BackendConfig(), "tiny", tmp_path / "a", backend=Oracle(hf, solve_prompt))
     assert full["metrics"]["total"]["value"] == 1.0 and full["metrics"]["total_norm"]["value"] == 1.0
     flaky = Oracle(hf, solve_prompt)
@@ -162,22 +163,21 @@ def test_overlength_skipped_or_middle_truncated(hf, tmp_path):
 
     small = Oracle(hf, solve_prompt)
     small.max_length = 700
-    cfg = BabilongConfig(tasks=["qa1"], lengths=["256", "1k"], samples_per_length=2, bootstrap_rounds=50)
+    cfg = BabilongConfig(tasks=["qa1"], lengths=["256", "1k"], samples_per_length=2)
     res = run_babilong(cfg, BackendConfig(), "tiny", tmp_path / "skip", backend=small)
     rows = [json.loads(x) for x in (tmp_path / "skip" / "items.jsonl").read_text().splitlines()]
     skipped = [r for r in rows if r.get("skipped")]
     assert len(skipped) == 2 and all(r["length"] == "1k" and r["score"] is None for r in skipped)
     assert res["extra"]["missing_lengths"] == {"qa1": ["1k"]}
     assert res["metrics"]["qa1"]["value"] == pytest.approx(0.5)  # 1.0 at 256, missing 1k counts 0
-    cut = BabilongConfig(tasks=["qa1"], lengths=["1k"], samples_per_length=2, overlength="middle_truncate",
-                         bootstrap_rounds=50)
+    cut = BabilongConfig(tasks=["qa1"], lengths=["1k"], samples_per_length=2, overlength="middle_truncate")
     run_babilong(cut, BackendConfig(), "tiny", tmp_path / "cut", backend=small)
     rows = [json.loads(x) for x in (tmp_path / "cut" / "items.jsonl").read_text().splitlines()]
     assert all(r["truncated_tokens"] > 0 and r["prompt_tokens"] + 16 <= 700 for r in rows)
 
 
 def test_real_model_generation_runs_and_records(hf, tmp_path):
-    cfg = BabilongConfig(tasks=["qa2"], lengths=["256"], samples_per_length=2, bootstrap_rounds=50)
+    cfg = BabilongConfig(tasks=["qa2"], lengths=["256"], samples_per_length=2)
     res = run_babilong(cfg, BackendConfig(), "tiny", tmp_path, backend=hf)
     rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["output"], str) and r["prompt_tokens"] > 256 for r in rows)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from rutune.config_eval import BackendConfig
+from rutune.eval.backend_base import BackendConfig
 from rutune.eval.backends import GenerationRequest, LoglikelihoodRequest, make_backend
 from rutune.eval.errors import EvalError
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 
-from rutune.config_eval import BackendConfig
+from rutune.eval.backend_base import BackendConfig
 from rutune.eval.backend_openai import OpenAIBackend
 from rutune.eval.backends import GenerationRequest, LoglikelihoodRequest, make_backend
 from rutune.eval.errors import EvalError

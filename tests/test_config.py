@@ -97,12 +97,15 @@ def test_stage_links(tmp_path):
 train:
   stages:
     - recipe: sft
-    - recipe: simpo
+    - recipe: preference
       init_from: sfft
 """
-    joined = "\n".join(problems(tmp_path, text))
-    assert "init_from: unknown stage 'sfft'" in joined
-    assert "recipe simpo needs data.preference" in joined
+    ps = problems(tmp_path, text)
+    joined = "\n".join(ps)
+    assert "train.stages.1.init_from: unknown stage 'sfft'" in joined
+    assert "train.stages.1: recipe preference needs data.preference" in joined
+    assert len(ps) == 2  # each link problem on its own line, at its own key's line
+    assert any(p.endswith("unknown stage 'sfft'; expected one of base, sft") and ":" in p.split(": ")[0] for p in ps)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

@@ -7,16 +7,18 @@ from pathlib import Path
 import pytest
 
 from rutune.data.filters import normalise
-from rutune.data.contamination import eval_items, overlap, resolve_eval_set
-
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchdata" / "ru_llm_arena" / "arena-hard-v0.1" / "question.jsonl"
+from conftest import benchdata_dir
+from rutune.data.contamination import overlap
+from rutune.eval.suites import SUITES
 
 
 @pytest.fixture(scope="module")
 def arena():
-    if not BENCH.exists():
-        pytest.skip(f"benchdata not found at {BENCH}")
-    return eval_items(BENCH)
+    bench = benchdata_dir()
+    if bench is None:
+        pytest.skip("shared/benchdata/ru_llm_arena not found beside the repo")
+    arena_suite = SUITES.get("arena")
+    return arena_suite.item_texts(arena_suite.config(questions=str(bench / "arena-hard-v0.1" / "question.jsonl")))
 
 
 def test_planted_overlaps_are_found_and_nothing_else(arena):
@@ -52,8 +54,40 @@ def test_hash_collisions_do_not_flag_clean_items():
     assert overlap([train, item.upper() + "!"], {"q": item}, n=13) == {"q": 1}
 
 
-def test_eval_set_names_resolve(tmp_path):
-    assert resolve_eval_set("rummlu").name == "rummlu_mera.jsonl"
-    p = tmp_path / "q.jsonl"
-    p.write_text(json.dumps({"question": "Что такое LLM?"}, ensure_ascii=False) + "\n", encoding="utf-8")
-    assert eval_items(resolve_eval_set(str(p))) == {"0": "Что такое LLM?"}
+def test_the_check_uses_the_item_set_each_suite_is_configured_with(tmp_path):
+    """`eval_sets: [arena]` means the arena suite's configured questions (here a local file), not a default set:
+    the prepare stage checks the very items the suite scores, and its identity follows that file's content."""
+    from rutune.config import parse_config
+    from rutune.data.prepare import prepare_hash, run_prepare
+    from rutune.pipeline import eval_set_inputs, eval_set_items
+
+    chat = tmp_path / "chat.jsonl"
+    copied = "Объясни подробно, как работает механизм внимания в трансформерах и зачем нужна маска причинности"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": copied}, {"role": "assistant",
+                                                                                  "content": "Ответ."}]},
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    questions = tmp_path / "q.jsonl"
+    rows = [{"question_id": "a", "turns": [{"content": copied}]}, {"question_id": "b", "turns": [{"content": "Иное"}]}]
+    questions.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg = parse_config({"name": "c", "output_root": str(tmp_path / "runs"),
+                        "data": {"sft": {"sources": [{"name": "chat_messages", "path": str(chat), "percent": 100}]},
+                                 "contamination": {"eval_sets": ["arena"]}},
+                        "eval": {"arena": {"questions": str(questions)}}})
+    manifest = run_prepare(cfg, eval_sets=eval_set_items(cfg))
+    assert manifest["contamination"] == {"arena": "1/2 items share a 13-gram"}
+    before = prepare_hash(cfg, eval_set_inputs(cfg))
+    questions.write_text(questions.read_text(encoding="utf-8") + json.dumps({"question_id": "c", "turns": [
+        {"content": "Третий"}]}) + "\n", encoding="utf-8")
+    assert prepare_hash(cfg, eval_set_inputs(cfg)) != before  # an edited question file reruns prepare
+
+
+def test_an_eval_set_must_be_a_configured_suite(tmp_path):
+    from rutune.config import ConfigError, parse_config
+
+    base = {"name": "c", "data": {"sft": {"sources": [{"name": "saiga_scored", "percent": 10}]},
+                                  "contamination": {"eval_sets": ["arena", "rummlu"]}}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(base)
+    joined = "\n".join(e.value.problems)
+    assert "eval_sets.0: suite arena is not configured in eval.arena" in joined
+    assert "eval_sets.1: 'rummlu' is not a suite with items to check" in joined

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rutune.eval.arena_data import benchdata_dir
+from conftest import benchdata_dir
 from rutune.eval.judge import (DEFAULT_PROMPT, NEUTRALISED, NO_JUDGE_FIX, JudgeError, JudgeProfile, load_profile,
                                load_prompt, neutralise_markers, parse_verdict, resolve_judge)
 
@@ -78,8 +78,44 @@ def test_leaderboard_judge_config_is_a_prompt_file():
     assert "linguistically acceptable" in p.system and p.regex == r"\[\[([AB<>=]+)\]\]"
     assert p.hash != load_prompt().hash
     prof = load_profile(REPO / "configs" / "judges" / "ru_llm_arena.yaml")
-    assert Path(prof.prompt_file).resolve() == (bench / "judge_config.yaml").resolve()
+    assert prof.prompt_file == ("https://raw.githubusercontent.com/VikhrModels/ru_llm_arena/"
+                                "501ab65d54bc92789d9a1f974a5841a4aab96b74/config/judge_config.yaml")
     assert prof.model == "gpt-4-1106-preview" and prof.temperature == 0 and prof.max_tokens == 4096
+
+
+def test_a_pinned_prompt_url_is_fetched_over_http_once_and_cached(tmp_path, monkeypatch):
+    """The leaderboard's prompt comes from its upstream at a pinned commit: fetched by real HTTP (a local server
+    here) on first use, then read from the cache; nothing outside the package is read."""
+    import http.server
+    import threading
+
+    from rutune.eval.judge import profile_prompt
+
+    served = tmp_path / "www" / "config"
+    served.mkdir(parents=True)
+    (served / "judge_config.yaml").write_text(
+        "system_prompt: Судья.\nprompt_template: ['<q>{question_1}</q><a>{answer_1}</a><b>{answer_2}</b>']\n",
+        encoding="utf-8")
+    hits = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(tmp_path / "www"), **k)
+
+        def log_message(self, *a):
+            hits.append(a)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("RUTUNE_CACHE", str(tmp_path / "cache"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/config/judge_config.yaml"
+        prof = JudgeProfile(base_url="http://127.0.0.1:1/v1", model="m", prompt_file=url)
+        first, second = profile_prompt(prof), profile_prompt(prof)
+    finally:
+        server.shutdown()
+    assert first.system == "Судья." and first.source == url and first.hash == second.hash
+    assert len(hits) == 1  # the second read came from the cache
 
 
 def test_bad_prompt_file_is_one_line(tmp_path):

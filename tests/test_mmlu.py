@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rutune.config_eval import BackendConfig, MmluConfig
+from rutune.eval.backend_base import BackendConfig
+from rutune.eval.suites.mmlu import MmluConfig
 from rutune.eval.backends import LoglikelihoodRequest, make_backend
 from rutune.eval.errors import EvalError
+from rutune.items import ItemsError
 from rutune.eval.mmlu import build_prompt, draw_shots, mmlu_metrics, run_mmlu, score_questions
 from rutune.eval.mmlu_data import Question, load_questions
 
@@ -128,7 +130,7 @@ def test_mmlu_ru_folder_loader_and_run(backend, tmp_path):
     assert len(test) == 12 and len(dev) == 8
     assert test[0].id == "mmlu_ru-college_mathematics-test-0" and test[0].gold == "A"
     assert test[0].subject == "математике (вуз)"
-    cfg = MmluConfig(path=MMLU_RU, format="mmlu_ru", shots=2, bootstrap_rounds=100)
+    cfg = MmluConfig(path=MMLU_RU, format="mmlu_ru", shots=2)
     res = run_mmlu(cfg, BackendConfig(), "tiny", tmp_path, backend=backend)
     rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(r["n_shots"] == 2 for r in rows)
@@ -153,7 +155,7 @@ class Interrupting:
 
 
 def test_resume_after_interrupt_gives_same_results(backend, tmp_path):
-    cfg = MmluConfig(path=MERA, shots=1, bootstrap_rounds=100)
+    cfg = MmluConfig(path=MERA, shots=1)
     full = run_mmlu(cfg, BackendConfig(), "tiny", tmp_path / "full", backend=backend, chunk_questions=6)
     flaky = Interrupting(backend, fail_on=3)
     with pytest.raises(KeyboardInterrupt):
@@ -166,7 +168,7 @@ def test_resume_after_interrupt_gives_same_results(backend, tmp_path):
     assert resumed["metrics"] == full["metrics"]
     lines = (tmp_path / "cut" / "items.jsonl").read_text().splitlines()
     assert len(lines) == 20 and all(json.loads(x) for x in lines)
-    with pytest.raises(EvalError, match="different eval run"):
+    with pytest.raises(ItemsError, match="different eval run"):
         run_mmlu(MmluConfig(path=MERA, shots=2), BackendConfig(), "tiny", tmp_path / "cut", backend=backend)
 
 
@@ -207,7 +209,7 @@ def test_bad_input(tmp_path):
 
 def test_closed_test_rows_are_not_counted(backend, tmp_path):
     path = write_rows(tmp_path / "closed.jsonl", [mera_row(0), mera_row(1, outputs="")])
-    res = run_mmlu(MmluConfig(path=path, bootstrap_rounds=50), BackendConfig(), "tiny", tmp_path / "o",
+    res = run_mmlu(MmluConfig(path=path), BackendConfig(), "tiny", tmp_path / "o",
                    backend=backend)
     assert res["metrics"]["accuracy"]["n_valid"] == 1 and res["metrics"]["accuracy"]["n_total"] == 2
 
@@ -274,7 +276,7 @@ def test_canonical_hub_ids_load_pinned_revisions(backend, tmp_path, monkeypatch)
         ("NLPCoreTeam/mmlu_ru", None, "4178e5c3dc58ad09d2b0a2fa0ce78165f53fecc0", {"test": "virology/test/*.parquet"}),
         ("NLPCoreTeam/mmlu_ru", None, "abc", {"test": "virology/test/*.parquet"}),
         ("someone/mmlu_ru_copy", None, "refs/convert/parquet", {"test": "virology/test/*.parquet"})]
-    res = run_mmlu(MmluConfig(path="MERA-evaluation/MERA", limit=2, bootstrap_rounds=10), BackendConfig(), "tiny",
+    res = run_mmlu(MmluConfig(path="MERA-evaluation/MERA", limit=2), BackendConfig(), "tiny",
                    tmp_path / "o", backend=backend)
     assert res["extra"]["revision"] == "05ae2bc1b760ccbcd73b1b94b52daed71b9a53da"
 
@@ -286,7 +288,7 @@ def test_bundled_sample_loads_and_runs_five_shot(backend, tmp_path):
         pytest.skip("bundled ruMMLU sample not written yet")
     questions = load_questions(None, "mera")
     assert len(questions) >= 80 and len({x.domain for x in questions}) >= 10
-    res = run_mmlu(MmluConfig(shots=5, limit=12, bootstrap_rounds=50), BackendConfig(), "tiny", tmp_path,
+    res = run_mmlu(MmluConfig(shots=5, limit=12), BackendConfig(), "tiny", tmp_path,
                    backend=backend)
     rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all(r["n_shots"] == 5 for r in rows)
@@ -294,7 +296,7 @@ def test_bundled_sample_loads_and_runs_five_shot(backend, tmp_path):
 
 
 def test_limit_does_not_shrink_the_shot_pool(backend, tmp_path):
-    run_mmlu(MmluConfig(path=MERA, shots=4, limit=2, bootstrap_rounds=20), BackendConfig(), "tiny", tmp_path,
+    run_mmlu(MmluConfig(path=MERA, shots=4, limit=2), BackendConfig(), "tiny", tmp_path,
              backend=backend)
     rows = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert [r["n_shots"] for r in rows] == [4, 4]  # 5 questions in that domain: 4 others, beyond the limit of 2

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rutune.config_eval import BackendConfig, MmluConfig
+from rutune.eval.backend_base import BackendConfig
+from rutune.eval.suites.mmlu import MmluConfig
 from rutune.eval.mmlu import run_mmlu
 from rutune.eval.mmlu_data import load_questions
 
@@ -41,7 +42,7 @@ def test_predictions_match_lm_eval(tiny_model_dir, tmp_path):
     backend = make_backend(BackendConfig(batch_size=8), str(tiny_model_dir))
     ours = {}
     for shots in SHOTS:
-        run_mmlu(MmluConfig(path=str(MERA), shots=shots, bootstrap_rounds=50), BackendConfig(), str(tiny_model_dir),
+        run_mmlu(MmluConfig(path=str(MERA), shots=shots), BackendConfig(), str(tiny_model_dir),
                  tmp_path / f"ours{shots}", backend=backend)
         rows = [json.loads(x) for x in (tmp_path / f"ours{shots}" / "items.jsonl").read_text().splitlines()]
         ours[shots] = {r["id"]: r for r in rows}

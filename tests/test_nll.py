@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rutune.config_eval import BackendConfig, NllConfig
+from rutune.eval.backend_base import BackendConfig
+from rutune.eval.suites.nll import NllConfig
 from rutune.data.templates import IGNORE_INDEX, tokenize_chat
 from rutune.eval.backends import GenerationResult
 from rutune.eval.errors import EvalError
-from rutune.eval.items import read_items
+from rutune.items import read_items
 from rutune.eval.language import answer_prompt, cyrillic_answers, own_cyrillic_share, own_words
 from rutune.eval.nll import load_holdout, nll_metrics, run_nll, score_row, sequence_nll
 
@@ -176,10 +177,10 @@ def test_answer_prompt_is_the_first_user_turn_without_system():
 def test_run_nll_writes_items_results_and_resumes(tiny, zero_model, tmp_path):
     _, tokenizer = tiny
     holdout = write_holdout(tmp_path / "sft_holdout.parquet")
-    cfg = NllConfig(max_new_tokens=5, batch_size=2, bootstrap_rounds=100)
+    cfg = NllConfig(max_new_tokens=5)
     backend = Backend(zero_model, tokenizer, ["Ответ", "Answer", "Да, да"])
     out = tmp_path / "eval" / "nll" / "base"
-    results = run_nll(cfg, BackendConfig(), "zero", holdout, out, backend=backend, model_label="base")
+    results = run_nll(cfg, BackendConfig(batch_size=2), "zero", holdout, out, backend=backend, model_label="base")
     items = read_items(out / "items.jsonl")
     assert [i["source"] for i in items] == ["grandmaster_pro_max", "saiga_scored", "saiga_scored"]
     assert len({i["id"] for i in items}) == 3 and all(i["id"].startswith(i["source"] + "-") for i in items)
@@ -198,7 +199,7 @@ def test_run_nll_writes_items_results_and_resumes(tiny, zero_model, tmp_path):
     assert on_disk["metrics"]["own_cyrillic_share"]["item_key"] == "own_cyrillic_share"
     assert on_disk["extra"]["sources"] == {"grandmaster_pro_max": 1, "saiga_scored": 2}
     # a rerun finds every item done: no model call, same numbers
-    again = run_nll(cfg, BackendConfig(), "zero", holdout, out, backend=None, model_label="base")
+    again = run_nll(cfg, BackendConfig(batch_size=2), "zero", holdout, out, backend=None, model_label="base")
     assert again["metrics"] == results["metrics"]
     # ids pair across models: another model's items carry the same ids in the same order
     other = run_nll(NllConfig(max_new_tokens=0), BackendConfig(), "tiny", holdout, tmp_path / "other",
@@ -210,7 +211,7 @@ def test_run_nll_writes_items_results_and_resumes(tiny, zero_model, tmp_path):
 def test_backend_config_reaches_the_model(tiny_model_dir, tmp_path):
     """`eval.backend.dtype` applies to the held-out NLL too: bf16 weights give (slightly) different NLLs."""
     holdout = write_holdout(tmp_path / "sft_holdout.parquet")
-    cfg = NllConfig(max_new_tokens=0, bootstrap_rounds=10)
+    cfg = NllConfig(max_new_tokens=0)
     nll = {}
     for dtype in ("float32", "bfloat16"):
         res = run_nll(cfg, BackendConfig(dtype=dtype, device="cpu"), str(tiny_model_dir), holdout, tmp_path / dtype)

@@ -7,7 +7,8 @@ import pytest
 
 from rutune.config import parse_config
 from rutune.data.prepare import run_prepare
-from rutune.data.sources import DataError, fold_rag_conversation, _messages
+from rutune.data.sources import DataError, fold_rag_conversation
+from rutune.data.sources._common import messages_of as _messages
 from sample_rows import gm_row, pref_row, rag_row, saiga_row, write_jsonl
 
 

@@ -9,8 +9,10 @@ import math
 
 import pytest
 
+from rutune.results import display
+
 from _report_runs import JUDGE_FIX, make_sweep, source, write_mmlu, write_prepare, write_stage
-from rutune.eval.stats import bootstrap_ci
+from rutune.stats import bootstrap_ci
 from rutune.report import ReportError, build_report
 from rutune.report.collect import read_run
 from rutune.report.sections import contamination_lines, mixture_rows
@@ -64,23 +66,23 @@ def test_markdown_cells_exact(sweep):
     assert rows[LABELS[2]][3:] == ["0.525 [0.455, 0.595]", "0.500 [0.330, 0.670] (25/30)", "0.667 [0.500, 0.830]"]
     # gm80: only ruMMLU evaluated, 6 more right (p = 0.03125: marked)
     assert rows[LABELS[3]] == ["—", "—", "—", "0.530 [0.460, 0.600] ▲", "—", "—"]
-    assert f"- Judge: {JUDGE_FIX}\n" in sweep["md"]
+    assert f"- Not available: {JUDGE_FIX}\n" in sweep["md"]
 
 
 def test_paired_tests_by_hand(sweep):
     cells = {r.label: r.cells for r in sweep["table"].rows}
     sft, simpo, gm80 = cells[LABELS[1]], cells[LABELS[2]], cells[LABELS[3]]
-    assert sft["rummlu"].test == "mcnemar" and sft["rummlu"].p_value == pytest.approx(2 * 0.5**60)
-    assert simpo["rummlu"].p_value == pytest.approx(0.0625) and simpo["rummlu"].direction is None
-    assert gm80["rummlu"].p_value == pytest.approx(0.03125) and gm80["rummlu"].direction == "higher"
-    assert sft["qa2"].p_value == pytest.approx(2 * 0.5**18) and sft["qa2"].diff == pytest.approx(-18 / 30)
-    assert sft["qa1"].p_value == 1.0 and sft["qa1"].n_pairs == 30
-    assert simpo["qa1"].n_pairs == 25  # failed items are not paired
+    assert sft["mmlu.accuracy"].test == "mcnemar" and sft["mmlu.accuracy"].p_value == pytest.approx(2 * 0.5**60)
+    assert simpo["mmlu.accuracy"].p_value == pytest.approx(0.0625) and simpo["mmlu.accuracy"].direction is None
+    assert gm80["mmlu.accuracy"].p_value == pytest.approx(0.03125) and gm80["mmlu.accuracy"].direction == "higher"
+    assert sft["babilong.qa2"].p_value == pytest.approx(2 * 0.5**18) and sft["babilong.qa2"].diff == pytest.approx(-18 / 30)
+    assert sft["babilong.qa1"].p_value == 1.0 and sft["babilong.qa1"].n_pairs == 30
+    assert simpo["babilong.qa1"].n_pairs == 25  # failed items are not paired
     # arena: 39 valid games; the base scores 0 on 20 of them (game 1 of each question) and 1 on 19
-    assert sft["judge"].test == "paired_bootstrap" and sft["judge"].n_pairs == 39
-    assert sft["judge"].diff == pytest.approx(20 / 39) and sft["judge"].p_value == 0.0
-    assert sft["avg_len"].diff == pytest.approx(100.0) and sft["avg_len"].n_pairs == 20
-    assert sft["judge_lc"].p_value is None  # length-controlled score: CI only, never tested
+    assert sft["arena.win_rate"].test == "paired_bootstrap" and sft["arena.win_rate"].n_pairs == 39
+    assert sft["arena.win_rate"].diff == pytest.approx(20 / 39) and sft["arena.win_rate"].p_value == 0.0
+    assert sft["arena.avg_tokens"].diff == pytest.approx(100.0) and sft["arena.avg_tokens"].n_pairs == 20
+    assert sft["arena.win_rate_lc"].p_value is None  # length-controlled score: CI only, never tested
     assert all(c.p_value is None for c in cells["base"].values())
 
 
@@ -93,7 +95,7 @@ def test_no_mark_when_the_difference_is_noise(tmp_path):
     (run / "eval" / "mmlu" / "other" / "items.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in items), encoding="utf-8")
     table = build_table([read_run(run)], rounds=ROUNDS)
-    cell = table.rows[1].cells["rummlu"]
+    cell = table.rows[1].cells["mmlu.accuracy"]
     assert table.rows[1].label == "e/other"  # no train manifest: experiment/model
     assert (cell.p_value, cell.n_pairs, cell.direction) == (1.0, 200, None)
 
@@ -147,14 +149,14 @@ def test_csv_parses_back_to_the_same_numbers(sweep):
             assert (int(n_valid) if n_valid else None) == cell.n_valid
     assert compared > 40
     base, sft = rows[0], rows[1]
-    assert float(base["rummlu"]) == 0.5 and float(sft["rummlu_p_value"]) == pytest.approx(2 * 0.5**60)
-    assert sft["qa2_direction"] == "lower" and sft["judge_test"] == "paired_bootstrap"
-    assert rows[2]["judge_note"] == "no judge configured" and rows[3]["qa1"] == ""
+    assert float(base["mmlu.accuracy"]) == 0.5 and float(sft["mmlu.accuracy_p_value"]) == pytest.approx(2 * 0.5**60)
+    assert sft["babilong.qa2_direction"] == "lower" and sft["arena.win_rate_test"] == "paired_bootstrap"
+    assert rows[2]["arena.win_rate_note"] == "no judge configured" and rows[3]["babilong.qa1"] == ""
 
 
 def test_figures_written_for_markdown(sweep):
     names = sorted(k for k in sweep["written"] if k.startswith("plot:"))
-    assert names == ["plot:answer_lengths", "plot:loss_curves", "plot:metrics_vs_mixture"]
+    assert names == ["plot:hist_arena.avg_tokens", "plot:loss_curves", "plot:metrics_vs_mixture"]
     for key in names:
         assert sweep["written"][key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(plots/{key[5:]}.png)" in sweep["md"]
@@ -218,8 +220,9 @@ def test_cli_report(tmp_path):
     assert res.exit_code == 2 and "no such run directory" in res.output and "Traceback" not in res.output
 
 
-def test_nll_column_only_when_a_run_has_it(tmp_path, sweep):
-    """The optional held-out NLL column (first metric of eval/nll results) with a paired bootstrap on its items."""
+def test_a_column_appears_only_when_some_result_displays_it(tmp_path, sweep):
+    """Columns come from the result files' display blocks: a metric with `display` is a column (placed by its
+    order, tested by its test kind, on the items its key names); a metric without one is not."""
     assert "Held-out NLL" not in sweep["md"]
     run = tmp_path / "e"
     for model, shift in (("base", 0.0), ("sft", -0.5)):
@@ -231,10 +234,12 @@ def test_nll_column_only_when_a_run_has_it(tmp_path, sweep):
                                                     for i, v in enumerate(values)), encoding="utf-8")
         (folder / "results.json").write_text(json.dumps({"suite": "nll", "model": model, "metrics": {
             "mean_nll": {"value": sum(values) / 50, "ci_low": None, "ci_high": None, "n_valid": 50, "n_total": 50,
-                         "item_key": "nll"}}}), encoding="utf-8")
+                         "item_key": "nll", "display": display("Held-out NLL", direction="lower", order=42,
+                                                               test="paired_bootstrap", item_key="nll")},
+            "hidden": {"value": 1.0, "n_valid": 50, "n_total": 50}}}), encoding="utf-8")
     table = build_table([read_run(run)], rounds=ROUNDS)
-    assert [c.key for c in table.columns][-1] == "nll"
-    cell = table.rows[1].cells["nll"]
+    assert [c.key for c in table.columns] == ["mmlu.accuracy", "nll.mean_nll"]
+    cell = table.rows[1].cells["nll.mean_nll"]
     assert cell.value == pytest.approx(2.245 - 0.5) and cell.test == "paired_bootstrap"
     assert cell.diff == pytest.approx(-0.5) and cell.direction == "lower" and cell.n_pairs == 50
 

@@ -7,16 +7,18 @@ import pytest
 
 from rutune.config import load_config
 from rutune.data.prepare import run_prepare
-from rutune.data.sources import REGISTRY, SAMPLES
+from rutune.data.sources import SAMPLES, SOURCES
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "demo.yaml"
 
 
-@pytest.mark.parametrize("name", ["grandmaster_pro_max", "saiga_scored", "grounded_rag_ru_v2", "saiga_preferences"])
-def test_samples_have_hub_columns_and_enough_rows(name):
-    rows = [json.loads(l) for l in (SAMPLES / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+@pytest.mark.parametrize("name", [s.name for s in SOURCES if s.hub_id])
+def test_every_hub_source_ships_a_sample_with_its_columns_and_enough_rows(name):
+    """Iterates the source registry: a new hub source without a bundled sample in its schema fails here."""
+    source = SOURCES.get(name)
+    rows = [json.loads(l) for l in source.sample.read_text(encoding="utf-8").splitlines()]
     assert len(rows) >= 60
-    assert all(REGISTRY[name].columns <= set(r) for r in rows)
+    assert all(source.columns <= set(r) for r in rows)
 
 
 def test_mini_rummlu_shape():

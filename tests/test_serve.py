@@ -18,7 +18,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from rutune.cli import app as cli_app
-from rutune.config_eval import BackendConfig
+from rutune.eval.backend_base import BackendConfig
 from rutune.data.templates import render
 from rutune.eval.backend_openai import OpenAIBackend
 from rutune.eval.backends import GenerationRequest, LoglikelihoodRequest, make_backend

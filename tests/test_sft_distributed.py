@@ -20,7 +20,7 @@ import torch
 from _sft_data import make_rows, write_prepared
 
 from rutune.config import load_config
-from rutune.train.runtime import read_metrics
+from rutune.train.outputs import read_metrics
 from rutune.train.stages import run_training
 
 

@@ -11,7 +11,7 @@ import torch
 from _sft_data import make_rows, sft_config, write_prepared
 
 from rutune.rundir import RunDir
-from rutune.train.runtime import read_metrics
+from rutune.train.outputs import read_metrics
 from rutune.train.stages import run_training
 
 torch.set_num_threads(2)
@@ -152,8 +152,9 @@ def test_overlength_rows_are_dropped_and_counted(tmp_path, tiny_model_dir):
 
 
 def test_training_arguments_map_the_config_knobs(tmp_path):
-    from rutune.config_train import SftStage
-    from rutune.train.runtime import resolve_precision, training_arguments
+    from rutune.train.recipes.sft import SftStage
+    from rutune.train.model_setup import resolve_precision
+    from rutune.train.trainer import training_arguments
 
     stage = SftStage(recipe="sft", learning_rate=3e-5, epochs=2, per_device_batch_size=6,
                      gradient_accumulation_steps=4, lr_scheduler="linear", warmup_ratio=0.1, weight_decay=0.01,

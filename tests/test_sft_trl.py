@@ -69,8 +69,8 @@ def test_same_tokens_and_same_trained_positions_as_trl(setup, tiny_model_dir):
 def test_first_step_loss_and_gradients_equal_trl(setup, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rutune.config_train import SftStage
-    from rutune.train.runtime import training_arguments
+    from rutune.train.recipes.sft import SftStage
+    from rutune.train.trainer import training_arguments
     from rutune.train.sft import build_trainer
 
     trl_trainer = setup
@@ -105,8 +105,8 @@ def test_first_logged_training_loss_equals_trl(tiny_model_dir, tmp_path):
     """A full Trainer step on each side (same seed, same 4 rows, batch 4): the logged step-1 loss agrees."""
     from transformers import AutoModelForCausalLM
 
-    from rutune.config_train import SftStage
-    from rutune.train.runtime import training_arguments
+    from rutune.train.recipes.sft import SftStage
+    from rutune.train.trainer import training_arguments
     from rutune.train.sft import build_trainer
 
     import datasets

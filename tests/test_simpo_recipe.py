@@ -6,7 +6,7 @@ import pytest
 
 from _simpo_data import make_pairs, simpo_config, write_pairs
 from rutune.config import ConfigError, parse_config
-from rutune.config_train import SimpoStage
+from rutune.train.recipes.preference import PreferenceStage
 from rutune.rundir import RunDir
 from rutune.train.errors import TrainError
 
@@ -22,7 +22,7 @@ def _threads():
 
 
 def _run(cfg, rows=None, stage_index=-1):
-    from rutune.train import simpo
+    from rutune.train import preference as simpo
 
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
     if rows is not None:
@@ -37,26 +37,36 @@ def _metrics(run, stage="simpo"):
 
 
 def test_defaults_are_simpos_published_ones():
-    stage = SimpoStage(recipe="simpo")
-    assert (stage.beta, stage.gamma, stage.sft_weight) == (2.5, 1.375)+(0.0,)
-    assert stage.gamma / stage.beta == pytest.approx(0.55)  # SimPO's gamma_beta_ratio, Llama-3-8B-Instruct
+    stage = PreferenceStage(recipe="preference")
+    loss = stage.loss
+    assert (loss.name, loss.beta, loss.gamma, loss.sft_weight) == ("simpo", 2.5, 1.375, 0.0)
+    assert loss.gamma / loss.beta == pytest.approx(0.55)  # SimPO's gamma_beta_ratio, Llama-3-8B-Instruct
     assert stage.learning_rate == 1e-6 and stage.warmup_ratio == 0.1 and stage.lr_scheduler == "cosine"
-    assert stage.batching == "prefix_shared" and stage.init_from == "sft"
+    assert stage.batching == "prefix_shared" and stage.init_from == "sft" and stage.name == "simpo"
 
 
 @pytest.mark.parametrize("beta", [0, -1.0])
-def test_non_positive_beta_is_a_config_error(tmp_path, beta):
-    with pytest.raises(ConfigError, match=r"train\.stages\.0\.beta"):
+def test_non_positive_beta_is_a_config_error_at_its_loss_key(tmp_path, beta):
+    with pytest.raises(ConfigError, match=r"train\.stages\.0\.loss\.beta"):
         simpo_config(tmp_path, stage={"beta": beta})
 
 
-def test_non_positive_beta_built_in_code_is_a_train_error(tmp_path):
-    cfg = simpo_config(tmp_path)
-    stage = cfg.train.stages[0].model_copy(update={"beta": 0.0})
-    from rutune.train import simpo
+def test_unknown_objective_name_is_a_config_error_with_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.stages\.0\.loss: unknown name 'simp'; did you mean 'simpo'"):
+        simpo_config(tmp_path, stage={"loss": {"name": "simp"}})
 
-    with pytest.raises(TrainError, match="beta must be > 0"):
-        simpo.run_stage(cfg, stage, RunDir.for_experiment(cfg.output_root, cfg.name), show_progress=False)
+
+def test_a_loss_key_of_another_objective_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"loss\.label_smoothing: unknown key"):
+        simpo_config(tmp_path, stage={"loss": {"name": "simpo", "label_smoothing": 0.1}})
+
+
+def test_loss_parameters_are_validated_in_the_config_model_not_at_train_time():
+    """One place validates: building a stage with beta 0 in code fails in pydantic, before any trainer."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="beta"):
+        PreferenceStage(recipe="preference", loss={"name": "simpo", "beta": 0.0})
 
 
 @pytest.mark.parametrize("batching", ["prefix_shared", "concat"])
@@ -66,16 +76,17 @@ def test_short_training_separates_pairs_and_logs_metrics(tmp_path, batching):
     rows = _metrics(run)
     assert [r["step"] for r in rows] == [4, 8, 12, 16]
     assert METRIC_KEYS <= rows[0].keys()
-    gamma = cfg.train.stages[0].gamma
+    gamma = cfg.train.stages[0].loss.gamma
     assert rows[0]["rewards/margin"] < gamma
     assert rows[-1]["rewards/accuracy"] >= 0.9
     assert rows[-1]["rewards/margin"] > gamma
     assert rows[-1]["loss"] < rows[0]["loss"]
     last = rows[-1]
     assert last["rewards/margin"] == pytest.approx(last["rewards/chosen"] - last["rewards/rejected"], abs=1e-4)
-    assert last["rewards/chosen"] == pytest.approx(cfg.train.stages[0].beta * last["logps/chosen"], rel=1e-4)
+    assert last["rewards/chosen"] == pytest.approx(cfg.train.stages[0].loss.beta * last["logps/chosen"], rel=1e-4)
     meta = json.loads((ckpt / "meta.json").read_text())
-    assert meta["recipe"] == "simpo" and meta["simpo"]["gamma_beta_ratio"] == pytest.approx(0.55)
+    assert meta["recipe"] == "preference" and meta["objective"]["name"] == "simpo"
+    assert meta["objective"]["gamma"] / meta["objective"]["beta"] == pytest.approx(0.55)
     assert meta["data_rows"]["kept"] == 48
     assert (run.train("simpo") / "loss.png").stat().st_size > 1000
     assert (ckpt / "model.safetensors").exists()
@@ -146,7 +157,7 @@ def test_init_from_missing_stage_checkpoint_is_one_line_error(tmp_path):
 
 def test_bad_pairs_are_counted_and_over_budget_pairs_follow_overlength(tmp_path):
     from rutune.models import tiny_model_path
-    from rutune.train.simpo import tokenize_pairs
+    from rutune.train.preference import tokenize_pairs
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path())
@@ -192,19 +203,19 @@ def test_prefix_shared_refuses_flash_attention(tmp_path):
 def test_bundled_saiga_pairs_through_prepare_and_simpo(tmp_path):
     """The bundled saiga_preferences sample (hub schema) → prepare → simpo: the tiny model learns to rank them."""
     from rutune.data.prepare import run_prepare
-    from rutune.train import simpo
+    from rutune.train import preference as simpo
 
     cfg = parse_config({
         "name": "b", "output_root": str(tmp_path), "seed": 7,
         "data": {"preference": {"sources": [{"name": "saiga_preferences", "percent": 100}], "max_tokens": 1024}},
-        "train": {"stages": [{"recipe": "simpo", "init_from": "base", "learning_rate": 2e-3, "max_steps": 24,
+        "train": {"stages": [{"recipe": "preference", "init_from": "base", "learning_rate": 2e-3, "max_steps": 24,
                               "per_device_batch_size": 8, "warmup_ratio": 0.0, "lr_scheduler": "constant",
                               "save_steps": 1000, "precision": "fp32", "logging_steps": 3}]}})
     run_prepare(cfg)
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
     simpo.run_stage(cfg, cfg.train.stages[0], run, show_progress=False)
     rows = _metrics(run)
-    gamma = cfg.train.stages[0].gamma
+    gamma = cfg.train.stages[0].loss.gamma
     assert rows[0]["rewards/margin"] < gamma
     assert rows[-1]["rewards/accuracy"] >= 0.9 and rows[-1]["rewards/margin"] > gamma
     counts = json.loads((run.train("simpo") / "data_counts.json").read_text())

@@ -14,7 +14,7 @@ from _sft_data import make_rows, write_prepared
 from _simpo_data import make_pairs, simpo_config, write_pairs
 
 from rutune.rundir import RunDir, read_manifest, write_json_atomic
-from rutune.train import runtime
+from rutune.train import stage_io as runtime
 from rutune.train.stages import stage_input_hash
 
 SFT_STAGE = {"recipe": "sft", "name": "sft", "learning_rate": 1e-3, "max_steps": 2, "precision": "fp32"}
@@ -72,7 +72,7 @@ def test_missing_block_or_manifest_has_no_data_hash(tmp_path):
 
 def test_recipes_report_their_blocks_content_hash(tmp_path):
     from rutune.train.sft import sft_data
-    from rutune.train.simpo import preference_data
+    from rutune.train.preference import preference_data
 
     run = RunDir.for_experiment(tmp_path / "runs", "t")
     write_prepared(run.root, make_rows(4), content_hash="sft-content")
@@ -96,7 +96,7 @@ def test_real_prepare_changing_only_preferences_keeps_the_sft_stage(tmp_path):
             "data": {"sft": {"sources": [{"name": "saiga_scored", "percent": 25}], "max_tokens": 512},
                      "preference": {"sources": [{"name": "saiga_preferences", "percent": pref_percent}],
                                     "max_tokens": 512}},
-            "train": {"stages": [SFT_STAGE, {"recipe": "simpo", "init_from": "base", "learning_rate": 1e-3}]}})
+            "train": {"stages": [SFT_STAGE, {"recipe": "preference", "name": "simpo", "init_from": "base", "learning_rate": 1e-3}]}})
 
     cfg_a = config(100)
     run = RunDir.for_experiment(cfg_a.output_root, cfg_a.name)
@@ -149,7 +149,7 @@ def test_tokenisation_runs_inside_main_process_first(tmp_path, tiny_model_dir, m
             return sft.tokenized_dataset(tok, parquet, data_hash="d", max_tokens=512, overlength="drop",
                                          cache_dir=cache)
     else:
-        from rutune.train import simpo
+        from rutune.train import preference as simpo
 
         parquet = write_pairs(run.root, make_pairs(8))
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rutune.eval.stats import bootstrap_ci, mcnemar, metric_entry, paired_bootstrap, stratified_bootstrap_ci
+from rutune.stats import bootstrap_ci, mcnemar, metric_entry, paired_bootstrap, stratified_bootstrap_ci
 
 
 def test_bootstrap_ci_matches_normal_approximation_and_is_seeded():
@@ -55,5 +55,5 @@ def test_metric_entry_shape():
 
 
 def test_importable_without_torch():
-    code = "import sys, rutune.eval.stats, rutune.eval.items; assert 'torch' not in sys.modules"
+    code = "import sys, rutune.stats, rutune.items; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

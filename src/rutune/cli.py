@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adapt instruction LLMs to Russian and measure it.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect prepared data.")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model: mmlu, babilong, arena.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate one model with one suite (one command per suite).")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 
@@ -39,7 +39,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ConfigError, ModelError, RecordError, FileNotFoundError]
     for mod, name in (("rutune.data.sources", "DataError"), ("rutune.eval.errors", "EvalError"),
-                      ("rutune.train.errors", "TrainError")):
+                      ("rutune.train.errors", "TrainError"), ("rutune.items", "ItemsError"),
+                      ("rutune.registry", "RegistryError")):
         try:
             errors.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -101,9 +102,11 @@ def prepare(
 ):
     """Adapters → filters → mixture → parquet + manifest; prints a per-source summary."""
     cfg = _load(config, overrides)
-    from rutune.data.prepare import print_summary, run_prepare
+    from rutune.data.prepare import prepare_hash, print_summary, run_prepare
+    from rutune.pipeline import eval_set_inputs, eval_set_items
 
-    manifest = guarded(lambda: run_prepare(cfg, force=force))
+    manifest = guarded(lambda: run_prepare(cfg, force=force, known_hash=prepare_hash(cfg, eval_set_inputs(cfg)),
+                                           eval_sets=eval_set_items(cfg)))
     print_summary(manifest)
 
 
@@ -127,7 +130,7 @@ def train(
     stage: Optional[list[str]] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
     force: bool = typer.Option(False, help="Retrain even if the stage's manifest matches."),
 ):
-    """Run the training stages (sft, simpo) in order; a killed run resumes with the same command."""
+    """Run the training stages in order; a killed run resumes with the same command."""
     import os
 
     cfg = _load(config, overrides)
@@ -139,22 +142,7 @@ def train(
             typer.echo(f"checkpoint: {path}")
 
 
-# ---------------------------------------------------------------- eval: mmlu, babilong
-OPTION_OF_FIELD = {"kind": "backend"}  # config fields whose command-line option has another name
-
-
-def _eval_config(cls, **fields):
-    """Build an eval config block; a bad value is one line naming the option."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**fields)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        fail(f"--{OPTION_OF_FIELD.get(field, field).replace('_', '-')}: {err['msg']}")
-
-
+# ---------------------------------------------------------------- eval: one command per registered suite
 def _progress_run(label: str, fn):
     """Run `fn(progress_callback)` under a rich progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -169,128 +157,13 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-@eval_app.command("mmlu")
-def eval_mmlu(
-    model: str = typer.Option(..., "--model", help="`tiny`, a model folder, a hub id, or a served model name."),
-    backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
-    shots: int = typer.Option(0, "--shots", help="Few-shot examples from the same domain (0–5)."),
-    fmt: str = typer.Option("mera", "--format", help="mera (MERA rummlu rows) or mmlu_ru (NLPCoreTeam/mmlu_ru)."),
-    data: Optional[str] = typer.Option(None, "--data", help="A .jsonl/.parquet file, a folder, or a hub id "
-                                       "(default: the bundled mini sample)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (commit) to pin."),
-    split: str = typer.Option("test", "--split"),
-    domains: Optional[str] = typer.Option(None, "--domains", help="Comma-separated MMLU subjects."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N questions only."),
-    chat_template: bool = typer.Option(False, "--chat-template/--no-chat-template",
-                                       help="Wrap each prompt as one chat user turn (MERA scores raw prompts)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: server URL ending in /v1."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/eval/mmlu/LABEL)."),
-    label: Optional[str] = typer.Option(None, "--label", help="Model label in results (default: folder name)."),
-    seed: int = typer.Option(0, "--seed", help="Shot sampling and bootstrap seed."),
-):
-    """ruMMLU: letter log-likelihood, accuracy with a 95% CI, per domain, mmlu_ru macro; resumable."""
-    from rutune.config_eval import BackendConfig, MmluConfig
-    from rutune.eval.mmlu import run_mmlu
+def _add_eval_commands() -> None:
+    from rutune.cli_suites import add_suite_commands
 
-    cfg = _eval_config(MmluConfig, path=data, revision=revision, format=fmt, split=split, shots=shots,
-                       domains=_split_list(domains), limit=limit, chat_template=chat_template)
-    backend_cfg = _eval_config(BackendConfig, kind=backend, batch_size=batch_size, base_url=base_url)
-    name = label or Path(model).name or "model"
-    out_dir = out or Path("runs") / "eval" / "mmlu" / name
-    res = _progress_run("ruMMLU", lambda cb: run_mmlu(cfg, backend_cfg, model, out_dir, seed=seed,
-                                                      model_label=name, progress=cb))
-    acc, macro = res["metrics"]["accuracy"], res["metrics"]["macro"]
-    typer.echo(f"ruMMLU {name}: accuracy {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] "
-               f"(n={acc['n_valid']}/{acc['n_total']}), macro {macro['value']:.3f}")
-    typer.echo(f"wrote {out_dir / 'results.json'}")
+    add_suite_commands(eval_app, guarded=guarded, fail=fail, progress=_progress_run)
 
 
-@eval_app.command("babilong")
-def eval_babilong(
-    model: str = typer.Option(..., "--model", help="`tiny`, a model folder, a hub id, or a served model name."),
-    backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
-    tasks: str = typer.Option("qa1,qa2", "--tasks", help="Comma-separated: qa1, qa2."),
-    lengths: str = typer.Option("1k,2k,4k", "--lengths", help="Comma-separated context lengths (tokens), e.g. 4k,8k."),
-    source: str = typer.Option("generate", "--source", help="`generate`, a LIBRA file/folder, or a hub id "
-                               "(ai-forever/LIBRA)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (commit) to pin."),
-    samples: Optional[int] = typer.Option(10, "--samples", min=1, help="Items per length (generated; a cap for data)."),
-    task_file: Optional[Path] = typer.Option(None, "--task-file", help="Instructions JSON (LIBRA's "
-                                             "datasets_config.json is accepted); default: rutune's own."),
-    truncate: bool = typer.Option(False, "--middle-truncate/--skip-long",
-                                  help="Middle-truncate contexts that do not fit the window (default: skip, count)."),
-    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
-    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=1, help="Model window (default: its config)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="openai backend: server URL ending in /v1."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Alias of --samples."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/eval/babilong/LABEL)."),
-    label: Optional[str] = typer.Option(None, "--label"),
-    seed: int = typer.Option(0, "--seed", help="Generator and bootstrap seed."),
-):
-    """LIBRA ruBABILong QA1/QA2: containment (LIBRA and normalised), per length, totals with missing = 0."""
-    from rutune.config_eval import BabilongConfig, BackendConfig
-    from rutune.eval.babilong import run_babilong
-
-    cfg = _eval_config(BabilongConfig, source=source, revision=revision, tasks=_split_list(tasks),
-                       lengths=_split_list(lengths), samples_per_length=limit or samples,
-                       task_file=str(task_file) if task_file else None, max_new_tokens=max_new_tokens,
-                       overlength="middle_truncate" if truncate else "skip")
-    backend_cfg = _eval_config(BackendConfig, kind=backend, batch_size=batch_size, base_url=base_url,
-                               apply_chat_template=chat_template, max_length=max_length)
-    name = label or Path(model).name or "model"
-    out_dir = out or Path("runs") / "eval" / "babilong" / name
-    res = _progress_run("ruBABILong", lambda cb: run_babilong(cfg, backend_cfg, model, out_dir, seed=seed,
-                                                              model_label=name, progress=cb))
-    m = res["metrics"]
-    parts = [f"{t} {m[t]['value']:.3f} (norm {m[t + '_norm']['value']:.3f})" for t in cfg.tasks]
-    typer.echo(f"ruBABILong {name}: " + ", ".join(parts) + f", total {m['total']['value']:.3f}")
-    missing = {t: v for t, v in res["extra"]["missing_lengths"].items() if v}
-    if missing or res["extra"]["skipped"]:
-        typer.echo(f"skipped {res['extra']['skipped']} item(s) longer than the window; lengths counted as 0: {missing}")
-    typer.echo(f"wrote {out_dir / 'results.json'}")
-
-
-# ---------------------------------------------------------------- eval: arena
-@eval_app.command("arena")
-def eval_arena(
-    model: Optional[str] = typer.Option(None, "--model", help="Model to answer: `tiny`, a folder, a hub id, or a "
-                                        "served model name with --backend openai."),
-    judge: Optional[Path] = typer.Option(None, "--judge", help="Judge profile YAML (configs/judges/NAME.yaml); "
-                                         "default: RUTUNE_JUDGE_* env vars, else answers only."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Baseline answer file (ru_llm_arena format)."),
-    questions: Optional[str] = typer.Option(None, "--questions", help="question.jsonl or a hub dataset id."),
-    answers: Optional[Path] = typer.Option(None, "--answers", help="Score an existing answer file instead of "
-                                           "generating."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="First N questions only."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/eval/arena/LABEL)."),
-    label: Optional[str] = typer.Option(None, "--label", help="Model label in results (default: folder name)."),
-    max_new_tokens: int = typer.Option(2048, "--max-new-tokens", min=1),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt"),
-    backend: str = typer.Option("hf", "--backend", help="hf, vllm or openai."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="--backend openai: the server's …/v1 URL."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="--backend openai: env var with the key."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-):
-    """RU Arena: answers → pairwise judge (both orders) → win rate vs the baseline (0–1) with a 95% CI."""
-    from rutune.config_eval import ArenaConfig, BackendConfig
-    from rutune.eval.arena import run_arena, summary_line
-
-    if model is None and answers is None:
-        fail("give --model PATH (to generate answers) or --answers FILE (to score existing ones)")
-    backend_cfg = _eval_config(BackendConfig, kind=backend, batch_size=batch_size, base_url=base_url,
-                               api_key_env=api_key_env)
-    name = label or Path(str(model or answers)).name.removesuffix(".jsonl") or "model"
-    cfg = guarded(lambda: ArenaConfig(questions=questions, baseline=str(baseline) if baseline else None,
-                                      answers=str(answers) if answers else None, judge=str(judge) if judge else None,
-                                      limit=limit, max_new_tokens=max_new_tokens, system_prompt=system_prompt))
-    out_dir = out or Path("runs") / "eval" / "arena" / name
-    results = guarded(lambda: run_arena(cfg, backend_cfg, model, name, out_dir, seed=seed))
-    typer.echo(summary_line(results))
-    typer.echo(f"wrote {out_dir / 'results.json'}")
+_add_eval_commands()
 
 
 # ---------------------------------------------------------------- pipeline, report, serve, demo
@@ -340,7 +213,13 @@ def serve(
         fail(str(e))
 
 
-FORCE_HELP = "Redo a stage even if unchanged: prepare, train, a stage name, eval, mmlu, babilong, arena, nll, report."
+def _force_help() -> str:
+    from rutune.pipeline import force_names
+
+    return "Redo a stage even if unchanged: " + ", ".join(force_names()) + "."
+
+
+FORCE_HELP = _force_help()
 
 
 @app.command()
@@ -348,12 +227,14 @@ def run(
     config: Path = typer.Argument(..., help="Experiment YAML."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.sft.sources.0.percent=80"),
     force: Optional[list[str]] = typer.Option(None, "--force", help=FORCE_HELP),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this stage (repeatable), e.g. "
+                                             "prepare, train/sft, eval/mmlu/base, report."),
 ):
     """prepare → train → eval → report; unchanged stages are skipped, interrupted ones resume."""
     cfg = _load(config, overrides)
     from rutune.pipeline import run_experiment
 
-    _, outputs = guarded(lambda: run_experiment(cfg, force=set(force or []), echo=typer.echo))
+    _, outputs = guarded(lambda: run_experiment(cfg, force=set(force or []), echo=typer.echo, only=list(only or [])))
     for kind, path in sorted(outputs.items()):
         typer.echo(f"report ({kind}): {path}")
 

@@ -14,11 +14,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from rutune.eval.errors import EvalError
 from rutune.rundir import read_json, write_json_atomic
 
 ITEMS = "items.jsonl"
 RUN = "run.json"
+
+
+class ItemsError(ValueError):
+    """An items file that cannot be read or resumed; the message names the file (one line)."""
 
 
 def read_items(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -37,7 +40,7 @@ def read_items(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if lineno >= len(lines) - 1:  # the last line: a write cut short by a crash
                 break
-            raise EvalError(f"{path}: line {lineno} is not JSON (only the last line may be torn)") from None
+            raise ItemsError(f"{path}: line {lineno} is not JSON (only the last line may be torn)") from None
     return rows
 
 
@@ -73,7 +76,7 @@ class ItemsLog:
         if run_path.exists() and self.path.exists():
             previous = read_json(run_path).get("fingerprint")
             if previous != json.loads(json.dumps(fingerprint, default=str)):
-                raise EvalError(f"{self.dir}: holds items of a different eval run (config, data or model changed); "
+                raise ItemsError(f"{self.dir}: holds items of a different eval run (config, data or model changed); "
                                 "use another --out folder or delete this one")
         write_json_atomic(run_path, {"fingerprint": fingerprint})
         truncate_torn_tail(self.path)

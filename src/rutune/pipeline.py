@@ -1,30 +1,32 @@
-"""`rutune run`: prepare → train stages → eval suites → report, each skipped when its inputs are unchanged.
+"""`rutune run`: an experiment is the list of its stages — prepare → each train stage → each (model, suite) eval →
+report — and each is skipped when its identity is unchanged.
 
-Every stage is identified by an input hash (its config slice + the hashes of what it reads + the code
-version) recorded in its manifest, which is written last. A rerun after Ctrl-C or SIGKILL therefore
-redoes only unfinished stages, and those resume from their own partial files (trainer checkpoints,
-append-only eval items). Finished stages are also indexed by hash under `<output_root>/.stage-index.json`,
-so experiments of a sweep that share a stage (the same SFT, say) link the finished one instead of redoing it.
+A stage's identity (`rundir.stage_identity`) covers its config slice, the content of every file it reads, the
+identities of the stages it builds on, and the code version; it is recorded in the stage's manifest, written last.
+A rerun after Ctrl-C or SIGKILL therefore redoes only unfinished stages, and those resume from their own partial
+files (trainer checkpoints, append-only eval items). Finished stages are indexed by identity under
+`<output_root>/.stage-index.json` (`StageIndex`), so experiments of a sweep that share a stage link the finished
+one instead of redoing it. `experiment_stages` is the list; `run_experiment` walks it; a launcher (Slurm) submits
+each stage as `rutune run CONFIG --only KEY`.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from rutune.eval.suites import SUITES, EvalRequest, run_suite
 from rutune.models import resolve_model_path
-from rutune.rundir import (RunDir, file_hash, input_hash, mark_started, read_json, read_manifest, stage_done,
-                           started_for, write_json_atomic, write_manifest)
-
-SUITES = ("mmlu", "babilong", "arena", "nll")
+from rutune.rundir import (RunDir, StageIndex, file_fingerprint, mark_started, read_manifest, stage_done,
+                           stage_identity, started_for, write_manifest)
+from rutune.train.recipes import RECIPES
 
 
 @dataclass
 class StageLog:
-    """What a run did, stage by stage ("done" or "skipped"), for the summary and for tests."""
+    """What a run did, stage by stage ("done", "skipped", "linked"), for the summary and for tests."""
 
     entries: list[tuple[str, str]] = field(default_factory=list)
     echo: Callable[[str], None] = print
@@ -34,191 +36,188 @@ class StageLog:
         self.echo(f"[{status}] {stage}")
 
 
-# ---------------------------------------------------------------- cross-experiment stage index
-def _index_path(cfg) -> Path:
-    return Path(cfg.output_root) / ".stage-index.json"
+@dataclass
+class Stage:
+    """One step of an experiment. `identity` is computed when the stage is reached (it may read the manifest of a
+    stage just finished); `work` does the stage and returns its manifest (written by the runner) or None when the
+    stage writes its own; `forced_by`: the `--force` names that redo it."""
+
+    key: str
+    kind: str
+    folder: Path
+    identity: Callable[[], str]
+    work: Callable[[str], dict | None]
+    forced_by: frozenset[str]
+    after: tuple[str, ...] = ()  # keys of the stages it needs (for launchers that run stages as separate jobs)
 
 
-def _index_lookup(cfg, kind: str, h: str) -> Path | None:
-    path = _index_path(cfg)
-    index = read_json(path) if path.exists() else {}
-    hit = index.get(f"{kind}:{h}")
-    return Path(hit) if hit and stage_done(hit, h) else None
+def force_names() -> list[str]:
+    """Every name `--force` accepts, derived from the registries (for help texts and validation)."""
+    return ["prepare", "train", "<stage name>", "eval", *SUITES.names(), "report"]
 
 
-def _index_add(cfg, kind: str, h: str, stage_dir: Path) -> None:
-    path = _index_path(cfg)
-    index = read_json(path) if path.exists() else {}
-    key, where = f"{kind}:{h}", str(stage_dir.resolve())
-    if index.get(key) != where:  # most stages are already indexed: no rewrite
-        index[key] = where
-        write_json_atomic(path, index)
+# ---------------------------------------------------------------- the stages of one experiment
+def eval_set_items(cfg) -> dict[str, Callable[[], dict[str, str]]]:
+    """The contamination check's eval sets: each named suite's items, as the suite is configured in `eval:`."""
+    return {name: (lambda s=SUITES.get(name), c=getattr(cfg.eval, name): s.item_texts(c))
+            for name in cfg.data.contamination.eval_sets}
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link a finished stage folder into another run (copy where links are not possible)."""
-    tmp = dst.with_name(dst.name + ".linking")
-    shutil.rmtree(tmp, ignore_errors=True)
-
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns("trainer", "*.lock"))
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+def eval_set_inputs(cfg) -> list[str]:
+    return [f"{name}:{SUITES.get(name).inputs(getattr(cfg.eval, name), None)}"
+            for name in cfg.data.contamination.eval_sets]
 
 
-def _reuse(cfg, kind: str, h: str, stage_dir: Path) -> bool:
-    """If another experiment finished the same stage, link it here; True when reused."""
-    if stage_done(stage_dir, h):
-        return False
-    hit = _index_lookup(cfg, kind, h)
-    if hit is None or hit.resolve() == stage_dir.resolve():
-        return False
-    _link_tree(hit, stage_dir)
-    return True
-
-
-# ---------------------------------------------------------------- stages
-def run_prepare_stage(cfg, force: set[str], log: StageLog) -> dict:
+def prepare_stage(cfg) -> Stage:
     from rutune.data.prepare import prepare_hash, run_prepare
 
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
-    h = prepare_hash(cfg)
-    linked = "prepare" not in force and _reuse(cfg, "prepare", h, run.prepare)
-    manifest = run_prepare(cfg, force="prepare" in force, known_hash=h)
-    log.add("prepare", "linked" if linked else "skipped" if manifest.get("skipped") else "done")
-    _index_add(cfg, "prepare", h, run.prepare)
-    return manifest
+
+    def work(h: str):
+        run_prepare(cfg, force=True, known_hash=h, eval_sets=eval_set_items(cfg))
+        return None
+
+    return Stage("prepare", "prepare", run.prepare, lambda: prepare_hash(cfg, eval_set_inputs(cfg)), work,
+                 frozenset({"prepare"}))
 
 
-def run_train_stages(cfg, force: set[str], log: StageLog, show_progress: bool = True) -> None:
-    from rutune.train.stages import run_training, stage_input_hash
+def train_stage(cfg, stage, show_progress: bool) -> Stage:
+    from rutune.train.stages import run_stage, stage_input_hash
 
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
-    for stage in cfg.train.stages:
-        forced = bool({"train", stage.name} & force)
-        h = stage_input_hash(cfg, stage, run)
-        if not forced and _reuse(cfg, "train", h, run.train(stage.name)):
-            log.add(f"train/{stage.name}", "linked")
-            _index_add(cfg, "train", h, run.train(stage.name))
-            continue
-        was_done = stage_done(run.train(stage.name), h) and not forced
-        run_training(cfg, force=forced, only=[stage.name], show_progress=show_progress)
-        log.add(f"train/{stage.name}", "skipped" if was_done else "done")
-        _index_add(cfg, "train", h, run.train(stage.name))
+
+    def work(h: str):
+        run_stage(cfg, stage, run, force=True, show_progress=show_progress)
+        return None
+
+    after = ("prepare",) if RECIPES.get(stage.recipe).data_block else ()
+    after += (f"train/{stage.init_from}",) if stage.init_from != "base" else ()
+    return Stage(f"train/{stage.name}", "train", run.train(stage.name), lambda: stage_input_hash(cfg, stage, run),
+                 work, frozenset({"train", stage.name}), after)
 
 
-def model_refs(cfg) -> list[tuple[str, str, str]]:
-    """(label, path, identity) for each `eval.models` entry: `base`, a stage name, or `label=path`."""
+def model_refs(cfg) -> list[tuple[str, str, Callable[[], str], tuple[str, ...]]]:
+    """(label, path, identity, stages it needs) for each `eval.models` entry: `base`, a stage, or `label=path`."""
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
     stage_names = [s.name for s in cfg.train.stages]
     refs = []
-    for i, entry in enumerate(cfg.eval.models):
+    for entry in cfg.eval.models:
         if entry == "base":
             path = resolve_model_path(cfg.base_model.path, gguf_file=cfg.base_model.gguf_file)
-            refs.append(("base", path, f"base:{cfg.base_model.model_dump_json()}"))
+            refs.append(("base", path, lambda: f"base:{cfg.base_model.model_dump_json()}", ()))
         elif entry in stage_names:
-            manifest = read_manifest(run.train(entry)) or {}
-            refs.append((entry, str(run.checkpoint(entry)), f"stage:{manifest.get('input_hash')}"))
-        elif "=" in entry:
+            refs.append((entry, str(run.checkpoint(entry)),
+                         lambda e=entry: f"stage:{(read_manifest(run.train(e)) or {}).get('input_hash')}",
+                         (f"train/{entry}",)))
+        else:  # `label=path` (the schema rejects anything else)
             label, path = entry.split("=", 1)
-            cfg_file = Path(path) / "config.json"
-            ident = file_hash(cfg_file) if cfg_file.exists() else path
-            refs.append((label, path, f"path:{path}:{ident}"))
-        else:
-            from rutune.config import ConfigError
-
-            raise ConfigError([f"eval.models.{i}: {entry!r} is not `base`, a train stage ({', '.join(stage_names)}) "
-                               f"or `label=path`"])
+            refs.append((label, path, lambda p=path: f"path:{file_fingerprint(Path(p) / 'config.json')}", ()))
     return refs
 
 
-def _suite_runner(suite: str):
-    if suite == "mmlu":
-        from rutune.eval.mmlu import run_mmlu
-
-        return lambda c, b, path, label, out, seed, run: run_mmlu(c, b, path, out, seed, model_label=label)
-    if suite == "babilong":
-        from rutune.eval.babilong import run_babilong
-
-        return lambda c, b, path, label, out, seed, run: run_babilong(c, b, path, out, seed, model_label=label)
-    if suite == "arena":
-        from rutune.eval.arena import run_arena
-
-        return lambda c, b, path, label, out, seed, run: run_arena(c, b, path, label, out, seed)
-    from rutune.eval.nll import run_nll
-
-    return lambda c, b, path, label, out, seed, run: run_nll(c, b, path, run.prepare / "sft_holdout.parquet", out,
-                                                             seed=seed, model_label=label)
-
-
-def run_eval_suites(cfg, force: set[str], log: StageLog) -> None:
+def eval_stage(cfg, suite, label: str, path: str, model_identity: Callable[[], str], after: tuple) -> Stage:
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
-    data_manifest = read_manifest(run.prepare) or {}
-    for label, path, identity in model_refs(cfg):
-        for suite in SUITES:
-            suite_cfg = getattr(cfg.eval, suite)
-            if suite_cfg is None:
-                continue
-            out = run.eval(suite, label)
-            upstream = [identity]
-            if suite == "nll":
-                upstream.append(str((data_manifest.get("sft") or {}).get("holdout")))
-            if suite == "arena":
-                # The judge's identity (not its key) is part of the inputs: a newly configured judge reruns.
-                upstream.append(";".join(os.environ.get(k, "") for k in ("RUTUNE_JUDGE_BASE_URL", "RUTUNE_JUDGE_MODEL")))
-            h = input_hash({"suite": suite, "cfg": suite_cfg.model_dump(mode="json"),
-                            "backend": cfg.eval.backend.model_dump(mode="json"), "seed": cfg.seed}, upstream)
-            name = f"eval/{suite}/{label}"
-            forced = bool({"eval", suite} & force)
-            if not forced and _reuse(cfg, "eval", h, out):
-                log.add(name, "linked")
-            elif not forced and stage_done(out, h):
-                log.add(name, "skipped")
-            else:
-                # Items of other inputs must not count as done: a retrained checkpoint keeps its path, so the
-                # suite's own resume fingerprint would not notice. Same inputs, unfinished: resume.
-                if forced or (out.exists() and started_for(out) != h):
-                    shutil.rmtree(out, ignore_errors=True)
-                mark_started(out, h)
-                result = _suite_runner(suite)(suite_cfg, cfg.eval.backend, path, label, out, cfg.seed, run)
-                write_manifest(out, {"input_hash": h, "suite": suite, "model": label, "model_path": path,
-                                     "metrics": {k: v.get("value") for k, v in (result.get("metrics") or {}).items()
-                                                 if isinstance(v, dict)}})
-                log.add(name, "done")
-            _index_add(cfg, "eval", h, out)
+    suite_cfg = getattr(cfg.eval, suite.name)
+    out = run.eval(suite.name, label)
+    needs_prepare = ("prepare",) if cfg.data.sft is not None or cfg.data.preference is not None else ()
+
+    def identity() -> str:
+        config = {"suite": suite.name, "cfg": suite_cfg.model_dump(mode="json"),
+                  "backend": cfg.eval.backend.model_dump(mode="json"), "seed": cfg.seed,
+                  "rounds": cfg.eval.bootstrap_rounds}
+        return stage_identity(config, upstream=[model_identity(), *suite.inputs(suite_cfg, run)])
+
+    def work(h: str):
+        # Items of other inputs must not count as done: a retrained checkpoint keeps its path, so the suite's own
+        # resume fingerprint would not notice. Same inputs, unfinished: resume.
+        if out.exists() and started_for(out) != h:
+            shutil.rmtree(out, ignore_errors=True)
+        request = EvalRequest(suite_cfg, cfg.eval.backend, path, label, out, seed=cfg.seed,
+                              rounds=cfg.eval.bootstrap_rounds, run_dir=run)
+        out.mkdir(parents=True, exist_ok=True)
+        mark_started(out, h)
+        result = run_suite(suite, request)
+        return {"suite": suite.name, "model": label, "model_path": path,
+                "metrics": {k: v.get("value") for k, v in (result.get("metrics") or {}).items() if isinstance(v, dict)}}
+
+    return Stage(f"eval/{suite.name}/{label}", "eval", out, identity, work, frozenset({"eval", suite.name}),
+                 after + needs_prepare)
 
 
-def run_report_stage(run_dirs: list[Path], out_dir: Path, cfg, force: set[str], log: StageLog) -> dict:
-    from rutune.report import build_report
+def report_stage(run_dirs: list[Path], out_dir: Path, cfg, after: tuple = ()) -> Stage:
+    def identity() -> str:
+        inputs = sorted(p for d in run_dirs for p in Path(d).rglob("manifest.json") if "report" not in p.parts)
+        return stage_identity({"report": cfg.report.model_dump(mode="json"), "rounds": cfg.eval.bootstrap_rounds},
+                              files=inputs)
 
-    inputs = sorted(str(p) for d in run_dirs for p in Path(d).rglob("manifest.json") if "report" not in p.parts)
-    h = input_hash({"report": cfg.report.model_dump(mode="json")},
-                   [f"{p}:{file_hash(p)}" for p in inputs])
-    if "report" not in force and stage_done(out_dir, h):
-        log.add("report", "skipped")
-        return (read_manifest(out_dir) or {}).get("outputs", {})
-    outputs = build_report([Path(d) for d in run_dirs], out_dir, baseline_label=cfg.report.baseline_label,
-                           formats=tuple(cfg.report.formats), rounds=cfg.report.bootstrap_rounds, seed=cfg.seed)
-    write_manifest(out_dir, {"input_hash": h, "outputs": {k: str(v) for k, v in outputs.items()}})
-    log.add("report", "done")
-    return {k: str(v) for k, v in outputs.items()}
+    def work(h: str):
+        from rutune.report import build_report
+
+        outputs = build_report([Path(d) for d in run_dirs], out_dir, baseline_label=cfg.report.baseline_label,
+                               formats=tuple(cfg.report.formats), rounds=cfg.eval.bootstrap_rounds, seed=cfg.seed)
+        return {"outputs": {k: str(v) for k, v in outputs.items()}}
+
+    return Stage("report", "report", out_dir, identity, work, frozenset({"report"}), after)
+
+
+def experiment_stages(cfg, *, report: bool = True, show_progress: bool = True) -> list[Stage]:
+    """Every stage of one experiment, in the order they run."""
+    stages = []
+    if cfg.data.sft is not None or cfg.data.preference is not None:
+        stages.append(prepare_stage(cfg))
+    stages += [train_stage(cfg, s, show_progress) for s in cfg.train.stages]
+    for label, path, identity, after in model_refs(cfg):
+        stages += [eval_stage(cfg, suite, label, path, identity, after) for suite in SUITES
+                   if getattr(cfg.eval, suite.name, None) is not None]
+    if report:
+        run = RunDir.for_experiment(cfg.output_root, cfg.name)
+        stages.append(report_stage([run.root], run.report, cfg, tuple(s.key for s in stages)))
+    return stages
+
+
+# ---------------------------------------------------------------- running them
+def execute(stage: Stage, *, force: set[str], index: StageIndex | None, log: StageLog) -> None:
+    """Skip, link (from another experiment's identical stage) or do one stage, then index it."""
+    h = stage.identity()
+    forced = bool(stage.forced_by & force)
+    if not forced and index is not None and index.link_into(stage.kind, h, stage.folder):
+        log.add(stage.key, "linked")
+    elif not forced and stage_done(stage.folder, h):
+        log.add(stage.key, "skipped")
+    else:
+        manifest = stage.work(h)
+        if manifest is not None:
+            write_manifest(stage.folder, {"input_hash": h, **manifest})
+        log.add(stage.key, "done")
+    if index is not None and stage_done(stage.folder, h):
+        index.add(stage.kind, h, stage.folder)
 
 
 def run_experiment(cfg, *, force: set[str] | None = None, report: bool = True, show_progress: bool = True,
-                   echo: Callable[[str], None] = print) -> tuple[StageLog, dict]:
-    """The whole pipeline for one experiment; returns the stage log and the report outputs."""
+                   echo: Callable[[str], None] = print, only: list[str] | None = None) -> tuple[StageLog, dict]:
+    """The whole pipeline for one experiment (or only the stages named in `only`); returns the stage log and the
+    report outputs."""
     force = set(force or ())
     log = StageLog(echo=echo)
+    stages = experiment_stages(cfg, report=report, show_progress=show_progress)
+    if only:
+        from rutune.schema import ConfigError
+
+        unknown = [k for k in only if k not in {s.key for s in stages}]
+        if unknown:
+            raise ConfigError([f"--only {k}: no such stage; this experiment has: "
+                               f"{', '.join(s.key for s in stages)}" for k in unknown])
+        stages = [s for s in stages if s.key in only]
+    index = StageIndex(cfg.output_root)
+    for stage in stages:
+        execute(stage, force=force, index=None if stage.kind == "report" else index, log=log)
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
-    if cfg.data.sft is not None or cfg.data.preference is not None:
-        run_prepare_stage(cfg, force, log)
-    if cfg.train.stages:
-        run_train_stages(cfg, force, log, show_progress)
-    run_eval_suites(cfg, force, log)
-    outputs = run_report_stage([run.root], run.report, cfg, force, log) if report else {}
+    outputs = (read_manifest(run.report) or {}).get("outputs", {}) if report and any(
+        s.kind == "report" for s in stages) else {}
     return log, outputs
+
+
+def run_report_stage(run_dirs: list[Path], out_dir: Path, cfg, force: set[str], log: StageLog) -> dict:
+    """The report over several runs (a sweep); returns its outputs."""
+    execute(report_stage(run_dirs, out_dir, cfg), force=force, index=None, log=log)
+    return (read_manifest(out_dir) or {}).get("outputs", {})

@@ -82,6 +82,27 @@ def input_hash(config_slice: Any, upstream_hashes: list[str] | tuple[str, ...] =
     return stable_hash({"config": config_slice, "upstream": list(upstream_hashes), "code": __version__})
 
 
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """`path:content-hash` of a file, `path:tree-hash` of a folder (every file's content), `path:missing` else.
+
+    Stage identities list the fingerprint of every file a stage reads, so an edited prompt, judge profile or
+    question file reruns the stage even though its path did not change.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        return f"{p}:{file_hash(p)}"
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return f"{p}:" + stable_hash([(str(f.relative_to(p)), file_hash(f)) for f in files])
+    return f"{p}:missing"
+
+
+def stage_identity(config_slice: Any, *, files: list[str | os.PathLike] = (), upstream: list[str] = ()) -> str:
+    """The one identity function of every stage: its config slice, the content of every file it reads (by
+    `file_fingerprint`), the identities of the stages it builds on, and the code version."""
+    return input_hash(config_slice, [*(file_fingerprint(f) for f in files), *upstream])
+
+
 class RunDir:
     """Paths of one experiment's artifacts. Holds no state beyond the root path."""
 
@@ -135,6 +156,58 @@ def stage_done(stage_dir: str | os.PathLike, expected_hash: str) -> bool:
 
 
 INPUTS_MARKER = "inputs.json"
+
+
+class StageIndex:
+    """Finished stages of every experiment under one output root, by kind and identity
+    (`<output_root>/.stage-index.json`), so experiments of a sweep that share a stage (the same SFT, the base
+    model's evals) link the finished folder instead of redoing it."""
+
+    def __init__(self, output_root: str | os.PathLike):
+        self.path = Path(output_root) / ".stage-index.json"
+
+    def _read(self) -> dict:
+        return read_json(self.path) if self.path.exists() else {}
+
+    def lookup(self, kind: str, identity: str) -> Path | None:
+        hit = self._read().get(f"{kind}:{identity}")
+        return Path(hit) if hit and stage_done(hit, identity) else None
+
+    def add(self, kind: str, identity: str, folder: str | os.PathLike) -> None:
+        index = self._read()
+        key, where = f"{kind}:{identity}", str(Path(folder).resolve())
+        if index.get(key) != where:  # most stages are already indexed: no rewrite
+            index[key] = where
+            write_json_atomic(self.path, index)
+
+    def link_into(self, kind: str, identity: str, folder: str | os.PathLike) -> bool:
+        """If another experiment finished the same stage, hard-link it into `folder`; True when linked."""
+        folder = Path(folder)
+        if stage_done(folder, identity):
+            return False
+        hit = self.lookup(kind, identity)
+        if hit is None or hit.resolve() == folder.resolve():
+            return False
+        link_tree(hit, folder)
+        return True
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link a finished stage folder into another run (copy where links are not possible), atomically."""
+    import shutil
+
+    tmp = dst.with_name(dst.name + ".linking")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns("trainer", "*.lock"))
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
 
 
 def started_for(stage_dir: str | os.PathLike) -> str | None:

@@ -21,7 +21,8 @@ import copy
 import itertools
 from pathlib import Path
 
-from rutune.config import ConfigError, apply_overrides, load_yaml, parse_config
+from rutune.config import ConfigError, apply_overrides, parse_config
+from rutune.schema import load_yaml
 
 ALLOWED = {"base", "name", "variants", "grid"}
 
@@ -49,19 +50,21 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
     if not isinstance(tree, dict):
         raise ConfigError([f"{grid_path}: the top level must be a mapping (base, name, variants, grid)"])
     for key in sorted(set(tree) - ALLOWED):
-        problems.append(f"{grid_path}:{lines.get((key,), '?')}: {key}: unknown key; allowed: {', '.join(sorted(ALLOWED))}")
+        problems.append(f"{grid_path}:{lines.get((key,), ('', '?'))[1]}: {key}: unknown key; allowed: "
+                        f"{', '.join(sorted(ALLOWED))}")
     if "base" not in tree:
         problems.append(f"{grid_path}: base: required key is missing (path of the base experiment YAML)")
     variants: dict[str, list[str]] = {}
     for name, overrides in (tree.get("variants") or {}).items():
         if not isinstance(overrides, list):
-            problems.append(f"{grid_path}:{lines.get(('variants', name), '?')}: variants.{name}: expected a list of KEY=VALUE")
+            problems.append(f"{grid_path}:{lines.get(('variants', name), ('', '?'))[1]}: variants.{name}: expected a "
+                            "list of KEY=VALUE")
             continue
         variants[str(name)] = [str(o) for o in overrides]
     base_tree: dict = {}
     if "base" in tree:
         try:
-            base_tree, _, base_problems = load_yaml((grid_path.parent / tree["base"]).resolve())
+            base_tree, _, base_problems = load_yaml((grid_path.parent / tree["base"]).resolve(), extends_key="extends")
         except ConfigError as e:  # a missing or unreadable base: reported with the grid's own problems
             base_tree, base_problems = {}, e.problems
         base_tree = base_tree if isinstance(base_tree, dict) else {}
@@ -76,8 +79,8 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
             variants[label] = [f"{k}={v}" for k, v in zip(keys, values)]
     if not variants and "base" in tree:
         problems.append(f"{grid_path}: give `variants` or `grid`: a sweep needs at least one experiment")
-    if problems:
-        raise ConfigError(problems)
+    if not base_tree:  # nothing to expand: report what is wrong with the grid and the base
+        raise ConfigError(problems or [f"{grid_path}: base: the base experiment is empty"])
     sweep_name = str(tree.get("name") or f"{base_tree.get('name', 'exp')}-sweep")
     configs = []
     for label, overrides in variants.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rutune.config import load_config
-from rutune.eval.items import read_items
+from rutune.items import read_items
 
 pytestmark = pytest.mark.slow
 

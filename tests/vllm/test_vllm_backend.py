@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rutune.config_eval import BackendConfig, MmluConfig
+from rutune.eval.backend_base import BackendConfig
+from rutune.eval.suites.mmlu import MmluConfig
 from rutune.eval.backends import GenerationRequest, LoglikelihoodRequest, make_backend
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -8,14 +8,10 @@ are compared as one whole n-gram of their length.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from rutune.data.filters import normalise
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
 
 def _words(text: str) -> list[str]:
     return normalise(text).split()
@@ -54,49 +50,6 @@ def overlap(train_texts: Iterable[str], eval_items: dict[str, str], n: int = 13)
     return {k: len(g & found) for k, g in item_grams.items()}
 
 
-def _benchdata_root() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent.parent / "shared" / "benchdata"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def resolve_eval_set(spec: str) -> Path:
-    """`arena` / `rummlu` name a known set (benchdata arena questions when present, else bundled); else a path."""
-    if spec == "arena":
-        root = _benchdata_root()
-        real = root / "ru_llm_arena" / "arena-hard-v0.1" / "question.jsonl" if root else None
-        return real if real and real.exists() else SAMPLES / "arena_questions.jsonl"
-    if spec == "rummlu":
-        return SAMPLES / "rummlu_mera.jsonl"
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        from rutune.data.sources import DataError
-
-        raise DataError(f"data.contamination.eval_sets: {spec}: file not found (use a path, `arena` or `rummlu`)")
-    return path
-
-
-def eval_items(path: Path) -> dict[str, str]:
-    """Question texts of an eval file: arena `turns[].content`, MERA `inputs.text`, or `question`/`text` fields."""
-    items: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            key = str(row.get("question_id", (row.get("meta") or {}).get("id", i)))
-            if "turns" in row:
-                text = "\n".join(t.get("content", "") for t in row["turns"])
-            elif isinstance(row.get("inputs"), dict):
-                text = row["inputs"].get("text", "")
-            else:
-                text = row.get("question") or row.get("question_ru") or row.get("text") or row.get("input") or ""
-            items[key] = text
-    return items
-
-
 def _prepared_texts(prepare_dir: Path) -> Iterator[str]:
     import datasets
 
@@ -112,14 +65,22 @@ def _prepared_texts(prepare_dir: Path) -> Iterator[str]:
                 yield "\n".join([*(m["content"] for m in row["prompt"]), row["chosen"], row["rejected"]])
 
 
-def check_prepared(prepare_dir: Path, cfg) -> dict:
-    """Contamination report of a prepared mixture against `cfg.eval_sets`."""
+def check_prepared(prepare_dir: Path, cfg, eval_sets: dict[str, Callable[[], dict[str, str]]]) -> dict:
+    """Contamination report of a prepared mixture against `cfg.eval_sets`.
+
+    `eval_sets` maps each set's name to a function returning its items (id → text): the items of the eval suite
+    of that name as it is configured (its questions file, hub id and revision), so the check always covers the
+    very item set the suite scores.
+    """
     per_set = {}
-    for spec in cfg.eval_sets:
-        path = resolve_eval_set(spec)
-        items = eval_items(path)
+    for name in cfg.eval_sets:
+        if name not in eval_sets:
+            from rutune.data.sources import DataError
+
+            raise DataError(f"data.contamination.eval_sets: {name}: no such eval set")
+        items = eval_sets[name]()
         hits = overlap(_prepared_texts(prepare_dir), items, n=cfg.ngram_words)
         flagged = sorted(k for k, v in hits.items() if v)
-        per_set[spec] = {"file": str(path), "items": len(items), "contaminated": len(flagged), "ids": flagged}
+        per_set[name] = {"items": len(items), "contaminated": len(flagged), "ids": flagged}
     summary = {k: f"{v['contaminated']}/{v['items']} items share a {cfg.ngram_words}-gram" for k, v in per_set.items()}
     return {"ngram_words": cfg.ngram_words, "sets": per_set, "summary": summary}

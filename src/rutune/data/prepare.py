@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rutune.data import contamination
 from rutune.data.filters import Deduplicator, record_text, russian_share
 from rutune.data.mixture import holdout_split, interleave, plan_source
-from rutune.data.sources import REGISTRY, DataError, describe_location, iter_records, load_source
-from rutune.rundir import (RunDir, atomic_path, file_hash, input_hash, read_manifest, stable_hash, stage_done,
+from rutune.data.sources import SOURCES, DataError, describe_location, iter_records, load_source
+from rutune.rundir import (RunDir, atomic_path, file_hash, read_manifest, stable_hash, stage_done, stage_identity,
                            write_json_atomic, write_manifest)
 
 CHUNK_ROWS = 2000
@@ -35,11 +35,13 @@ def _source_fingerprint(src) -> dict:
     return {"hub": loc}
 
 
-def prepare_hash(cfg) -> str:
+def prepare_hash(cfg, eval_set_inputs: list[str] = ()) -> str:
+    """The prepare stage's identity: the `data:` block, the seed, every source's content (local files) or hub id at
+    its revision, and the identity of the eval sets the contamination check reads (`eval_set_inputs`)."""
     blocks = {k: getattr(cfg.data, k) for k in ("sft", "preference")}
     fingerprints = [_source_fingerprint(s) for b in blocks.values() if b for s in b.sources]
     slice_ = {"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed, "sources": fingerprints}
-    return input_hash(slice_)
+    return stage_identity(slice_, upstream=list(eval_set_inputs))
 
 
 def check_sources(cfg) -> dict[tuple[str, int], tuple]:
@@ -52,7 +54,7 @@ def check_sources(cfg) -> dict[tuple[str, int], tuple]:
     for kind in ("sft", "preference"):
         block = getattr(cfg.data, kind)
         for i, src in enumerate(block.sources if block else []):
-            adapter = REGISTRY[src.name]
+            adapter = SOURCES.get(src.name)
             if adapter.kind != kind:
                 raise DataError(f"data.{kind}.sources.{i}: {src.name} is a {adapter.kind} source, not {kind}")
             if Path(describe_location(src)).exists() or src.path is None:
@@ -111,6 +113,7 @@ def _filter_source(src, i: int, kind: str, cfg, dedup: Deduplicator, work: Path,
     out.close()
     report = {
         "source": src.name,
+        "short": SOURCES.get(src.name).short,  # the report's label for this source (it reads no registry)
         "location": describe_location(src),
         "rows_read": seen + sum(v for k, v in counts.items() if k not in ("duplicate_exact", "duplicate_near",
                                                                            "min_russian_share")),
@@ -168,10 +171,13 @@ def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path, loaded: dict) 
     return result
 
 
-def run_prepare(cfg, *, force: bool = False, known_hash: str | None = None) -> dict:
+def run_prepare(cfg, *, force: bool = False, known_hash: str | None = None,
+                eval_sets: dict[str, Callable[[], dict[str, str]]] | None = None) -> dict:
     """Run (or skip, when the manifest matches) the prepare stage; returns the manifest.
 
     `known_hash`: `prepare_hash(cfg)` when the caller computed it (it reads every local source file).
+    `eval_sets`: name → items (id → text) of the eval suites named in `data.contamination.eval_sets`, as each
+    suite is configured (the caller, which knows the suites, supplies them).
     """
     rd = RunDir.for_experiment(cfg.output_root, cfg.name)
     h = known_hash or prepare_hash(cfg)
@@ -192,7 +198,7 @@ def run_prepare(cfg, *, force: bool = False, known_hash: str | None = None) -> d
             if block is not None:
                 manifest[kind] = _prepare_block(kind, block, cfg, rd, work, loaded)
         if cfg.data.contamination.eval_sets:
-            report = contamination.check_prepared(rd.prepare, cfg.data.contamination)
+            report = contamination.check_prepared(rd.prepare, cfg.data.contamination, eval_sets or {})
             write_json_atomic(rd.prepare / "contamination.json", report)
             manifest["contamination"] = report["summary"]
     finally:

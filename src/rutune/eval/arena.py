@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from rutune.config_eval import ArenaConfig, BackendConfig
+from rutune.eval.backend_base import BackendConfig
 from rutune.eval import arena_data
 from rutune.eval.arena_data import Answer, Question
 from rutune.eval.arena_scoring import average_length, position_consistency, score_model
 from rutune.eval.errors import EvalError
-from rutune.eval.items import append_rows, read_items, truncate_torn_tail
+from rutune.items import append_rows, read_items, truncate_torn_tail
 from rutune.eval.judge import NO_JUDGE_FIX, JudgeProfile, profile_prompt, resolve_judge
 from rutune.eval.judge_client import CACHE_FILE, count_statuses, judge_games, make_games
 from rutune.rundir import stable_hash, write_json_atomic, write_text_atomic
@@ -50,7 +50,7 @@ def _progress(total: int, description: str, enabled: bool):
     return bar()
 
 
-def generation_fingerprint(model_path: str, cfg: ArenaConfig, backend_cfg: BackendConfig) -> str:
+def generation_fingerprint(model_path: str, cfg, backend_cfg: BackendConfig) -> str:
     """Identity of how answers were produced; answers with another fingerprint are regenerated."""
     return stable_hash({"model": str(model_path), "max_new_tokens": cfg.max_new_tokens,
                         "system_prompt": cfg.system_prompt, "chat_template": backend_cfg.apply_chat_template})
@@ -107,11 +107,11 @@ def length_unit(model: dict[str, Answer], baseline: dict[str, Answer]) -> str:
 
 def _unavailable(reason: str, n_total: int) -> dict:
     return {"value": None, "ci_low": None, "ci_high": None, "n_valid": 0, "n_total": n_total, "item_key": None,
-            "available": False, "reason": reason}
+            "available": False, "note": "no judge configured", "reason": reason}
 
 
 def score_answers(questions: list[Question], model: dict[str, Answer], baseline: dict[str, Answer],
-                  records: list[dict] | None, cfg: ArenaConfig, seed: int, no_judge_reason: str = NO_JUDGE_FIX) -> dict:
+                  records: list[dict] | None, cfg, seed: int, no_judge_reason: str = NO_JUDGE_FIX) -> dict:
     """The `metrics` block of results.json from answers and (optionally) judge records."""
     unit = length_unit(model, baseline)
     n_total = 2 * len(questions)
@@ -150,7 +150,7 @@ def _item_rows(records: list[dict], model: dict[str, Answer]) -> list[dict]:
     return rows
 
 
-def run_arena(cfg: ArenaConfig, backend_cfg: BackendConfig | None, model_path: str | None, model_label: str,
+def run_arena(cfg, backend_cfg: BackendConfig | None, model_path: str | None, model_label: str,
               out_dir: str | Path, seed: int = 0, judge: JudgeProfile | None = None, progress: bool = True,
               backend=None) -> dict:
     """Answers (generated, or `cfg.answers`), judgments, scores; writes the result files and returns results.json.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rutune.data.sources import is_local_path
 from rutune.eval.errors import EvalError
+from rutune.eval.upstream import is_url, local
 
 HUB_QUESTIONS = "Vikhrmodels/ru-arena-general"
 HUB_REVISION = "256a4398c5c22d28306720d1cddc24667ce6c9e4"
@@ -41,23 +42,13 @@ class Answer:
     model_id: str | None = None
 
 
-def benchdata_dir() -> Path | None:
-    """`ru_llm_arena` benchdata: `$RUTUNE_BENCHDATA/ru_llm_arena`, else `<repo>/../shared/benchdata/ru_llm_arena`."""
-    env = os.environ.get("RUTUNE_BENCHDATA")
-    candidates = [Path(env) / "ru_llm_arena"] if env else []
-    candidates.append(Path(__file__).resolve().parents[4] / "shared" / "benchdata" / "ru_llm_arena")
-    return next((c for c in candidates if (c / "arena-hard-v0.1" / "question.jsonl").is_file()), None)
-
-
 def default_questions() -> Path:
-    bench = benchdata_dir()
-    return bench / "arena-hard-v0.1" / "question.jsonl" if bench else SAMPLES / "arena_questions.jsonl"
+    """The bundled placeholder questions: a stand-in, not the leaderboard's 500 (results say so)."""
+    return SAMPLES / "arena_questions.jsonl"
 
 
 def default_baseline() -> Path:
-    bench = benchdata_dir()
-    if bench:
-        return bench / "arena-hard-v0.1" / "model_answer" / f"{BASELINE_MODEL}.jsonl"
+    """The bundled placeholder baseline answers (to the bundled placeholder questions)."""
     return SAMPLES / "arena_baseline.jsonl"
 
 
@@ -93,8 +84,10 @@ def question_from_row(row: dict, where: str) -> Question:
 
 def load_questions(ref: str | os.PathLike | None = None, revision: str | None = None,
                    limit: int | None = None) -> list[Question]:
-    """Questions from a local jsonl (default: benchdata, else the bundled placeholders) or a hub dataset id."""
+    """Questions from a local jsonl (default: the bundled placeholders), a pinned URL, or a hub dataset id."""
     ref = str(ref) if ref is not None else str(default_questions())
+    if is_url(ref):
+        ref = str(local(ref))
     if not is_local_path(ref):
         import datasets
 
@@ -135,8 +128,8 @@ def answer_from_row(row: dict, where: str) -> Answer:
 
 
 def load_answers(path: str | os.PathLike) -> dict[str, Answer]:
-    """Answers by question id (a later row for the same id replaces an earlier one)."""
-    path = Path(path).expanduser()
+    """Answers by question id (a later row for the same id replaces an earlier one); a URL is fetched first."""
+    path = local(path)
     return {a.question_id: a for a in (answer_from_row(row, f"{path}:{n}") for n, row in _jsonl_rows(path, "answers"))}
 
 

@@ -26,8 +26,8 @@ import numpy as np
 from rutune.eval.babilong_gen import generate_items, parse_length
 from rutune.data.sources import is_local_path
 from rutune.eval.errors import EvalError
-from rutune.eval.items import ItemsLog
-from rutune.eval.stats import bootstrap_ci, stratified_bootstrap_ci
+from rutune.items import ItemsLog
+from rutune.stats import bootstrap_ci, stratified_bootstrap_ci
 
 LIBRA_HUB = "ai-forever/LIBRA"
 # The July 2024 upload with ru_babilong_qa1..qa3 at 4k–128k (a late-2025 update re-cut the lengths).
@@ -320,7 +320,8 @@ def _items(cfg, backend, seed: int) -> list[tuple[str, str, dict]]:
 
 
 def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int = 0, *, backend=None,
-                 model_label: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+                 model_label: str | None = None, progress: Callable[[int, int], None] | None = None,
+                 rounds: int = 1000) -> dict:
     """Evaluate one model on ruBABILong QA1/QA2; items.jsonl as it goes, results.json at the end; returns it."""
     from rutune.eval.backends import GenerationRequest
     from rutune.rundir import write_json_atomic
@@ -354,7 +355,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
         if progress:
             progress(min(start + chunk, len(todo)), len(todo))
     rows = log.ordered([rid for rid, _, _ in items])
-    metrics, extra = babilong_metrics(rows, list(cfg.tasks), list(cfg.lengths), rounds=cfg.bootstrap_rounds,
+    metrics, extra = babilong_metrics(rows, list(cfg.tasks), list(cfg.lengths), rounds=rounds,
                                       seed=seed)
     extra.update({"source": cfg.source, "revision": revision, "templates": template_source,
                   "lengths": list(cfg.lengths), "overlength": cfg.overlength, "max_new_tokens": cfg.max_new_tokens,

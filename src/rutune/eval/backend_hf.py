@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
+from rutune.eval.backend_base import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
                                   count_tokens, cut_at_stop, encode_pair, prompt_text, prompt_token_ids, resolve_model,
                                   split_pair)
 from rutune.eval.errors import EvalError

@@ -12,12 +12,12 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
-from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
+from rutune.eval.backend_base import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
                                   cut_at_stop, messages_of, plain_text_of, run_sync, split_pair)
 from rutune.eval.errors import EvalError
 
 if TYPE_CHECKING:
-    from rutune.config_eval import BackendConfig
+    from rutune.eval.backend_base import BackendConfig
 
 
 class OpenAIBackend:

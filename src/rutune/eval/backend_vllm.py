@@ -8,7 +8,7 @@ Log-likelihood reads `prompt_logprobs` of context‖continuation (one request pe
 
 from __future__ import annotations
 
-from rutune.eval.backends import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
+from rutune.eval.backend_base import (GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult,
                                   count_tokens, cut_at_stop, encode_pair, prompt_token_ids,
                                   resolve_model)
 from rutune.eval.errors import EvalError

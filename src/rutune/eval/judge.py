@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from rutune.eval.arena_scoring import LABELS
 from rutune.eval.errors import EvalError
+from rutune.eval.upstream import is_url, local
 from rutune.rundir import stable_hash
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -99,25 +99,18 @@ class JudgePrompt:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
-def _format_validation(path: str, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else (
-            "required key is missing" if e["type"] == "missing" else e["msg"])
-        parts.append(f"{loc}: {msg}")
-    return f"{path}: " + "; ".join(parts)
-
-
 def _read_yaml_mapping(path: Path, what: str) -> dict:
+    """A strict YAML mapping (duplicate keys rejected with file:line), problems as one JudgeError line."""
+    from rutune.schema import ConfigError, load_yaml
+
     if not path.is_file():
         raise JudgeError(f"{what} {path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise JudgeError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML "
-                         f"({getattr(e, 'problem', e)})") from None
+        data, _, problems = load_yaml(path)
+    except ConfigError as e:
+        raise JudgeError("; ".join(e.problems)) from None
+    if problems:
+        raise JudgeError("; ".join(problems))
     if not isinstance(data, dict):
         raise JudgeError(f"{path}: expected a mapping of keys at the top level")
     return data
@@ -166,13 +159,19 @@ def _resolve_relative(ref: str, profile_path: Path) -> Path:
 
 
 def load_profile(path: str | os.PathLike) -> JudgeProfile:
+    """A judge profile YAML through the same strict reader as experiments (unknown and duplicate keys rejected,
+    each problem with its file:line), as one JudgeError line. `prompt_file` may be a local path (relative to the
+    profile) or a pinned URL (fetched and cached when the prompt is first needed)."""
+    from rutune.schema import ConfigError, load_file
+
     path = Path(path)
-    data = _read_yaml_mapping(path, "judge profile")
+    if not path.is_file():
+        raise JudgeError(f"judge profile {path}: file not found")
     try:
-        profile = JudgeProfile.model_validate(data)
-    except ValidationError as e:
-        raise JudgeError(_format_validation(str(path), e)) from None
-    if profile.prompt_file:
+        profile = load_file(JudgeProfile, path)
+    except ConfigError as e:
+        raise JudgeError("; ".join(e.problems)) from None
+    if profile.prompt_file and not is_url(profile.prompt_file):
         resolved = _resolve_relative(profile.prompt_file, path)
         if not resolved.is_file():
             raise JudgeError(f"{path}: prompt_file: {profile.prompt_file} not found (looked beside the profile "
@@ -195,7 +194,21 @@ def resolve_judge(profile_path: str | os.PathLike | None = None) -> JudgeProfile
 
 
 def profile_prompt(profile: JudgeProfile) -> JudgePrompt:
+    if is_url(profile.prompt_file):
+        prompt = load_prompt(local(profile.prompt_file))
+        return JudgePrompt(prompt.system, prompt.template, prompt.regex, prompt.followup, source=profile.prompt_file)
     return load_prompt(profile.prompt_file)
+
+
+def profile_files(profile: JudgeProfile | None) -> list[str]:
+    """What a judge reads, for stage identities: its prompt file (local path, or the pinned URL itself)."""
+    if profile is None:
+        return []
+    if is_url(profile.prompt_file):
+        return [f"url:{profile.prompt_file}"]
+    from rutune.rundir import file_fingerprint
+
+    return [file_fingerprint(profile.prompt_file or DEFAULT_PROMPT)]
 
 
 # ---------------------------------------------------------------- injection guard

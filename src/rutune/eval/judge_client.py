@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 
 from rutune.eval.arena_scoring import model_score
 from rutune.eval.backends import run_sync
-from rutune.eval.items import append_rows, read_items, truncate_torn_tail
+from rutune.items import append_rows, read_items, truncate_torn_tail
 from rutune.eval.judge import JudgeError, JudgePrompt, JudgeProfile, neutralise_markers, parse_verdict
 from rutune.rundir import stable_hash
 

@@ -26,9 +26,9 @@ import numpy as np
 
 from rutune.eval.backends import render_chat
 from rutune.eval.errors import EvalError
-from rutune.eval.items import ItemsLog
+from rutune.items import ItemsLog
 from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, hub_revision, load_questions
-from rutune.eval.stats import metric_entry, stratified_bootstrap_ci
+from rutune.stats import metric_entry, stratified_bootstrap_ci
 
 MMLU_RU_HEADER = "Ниже приведены вопросы с множественным выбором (с ответами) по {subject}.\n\n"
 TARGET_DELIMITER = " "
@@ -159,7 +159,7 @@ def mmlu_metrics(rows: list[dict], *, rounds: int = 1000, seed: int = 0) -> tupl
 
 
 def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int = 0, *, backend=None,
-             model_label: str | None = None, chunk_questions: int = 64,
+             model_label: str | None = None, chunk_questions: int = 64, rounds: int = 1000,
              progress: Callable[[int, int], None] | None = None) -> dict:
     """Evaluate one model on ruMMLU; writes items.jsonl as it goes and results.json at the end; returns it."""
     from rutune.rundir import write_json_atomic
@@ -194,7 +194,7 @@ def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int =
         if progress:
             progress(min(start + chunk_questions, len(todo)), len(todo))
     rows = log.ordered([q.id for q in questions])
-    metrics, extra = mmlu_metrics(rows, rounds=cfg.bootstrap_rounds, seed=seed)
+    metrics, extra = mmlu_metrics(rows, rounds=rounds, seed=seed)
     extra.update({"format": cfg.format, "shots": cfg.shots, "source": cfg.path or "bundled:rummlu_mera.jsonl",
                   "revision": revision, "split": cfg.split, "chat_template": cfg.chat_template})
     results = {"suite": "mmlu", "model": model_label or Path(str(model_path)).name, "model_path": str(model_path),

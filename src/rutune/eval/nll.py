@@ -18,12 +18,11 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from rutune.config_eval import BackendConfig, NllConfig
 from rutune.data.templates import IGNORE_INDEX, TemplateError, tokenize_chat
 from rutune.eval.errors import EvalError
-from rutune.eval.items import ItemsLog
+from rutune.items import ItemsLog
 from rutune.eval.language import answer_prompt, cyrillic_answers
-from rutune.eval.stats import metric_entry
+from rutune.stats import metric_entry
 from rutune.rundir import file_hash, stable_hash, write_json_atomic
 
 
@@ -104,8 +103,8 @@ def nll_metrics(rows: list[dict], *, rounds: int = 1000, seed: int = 0) -> tuple
     return metrics, extra
 
 
-def run_nll(cfg: NllConfig, backend_cfg: BackendConfig, model_path: str, holdout_parquet: str | Path,
-            out_dir: str | Path, *, backend=None, seed: int = 0, model_label: str | None = None) -> dict:
+def run_nll(cfg, backend_cfg, model_path: str, holdout_parquet: str | Path, out_dir: str | Path, *, backend=None,
+            seed: int = 0, model_label: str | None = None, rounds: int = 1000) -> dict:
     """Score one model on the held-out rows; items.jsonl grows batch by batch (resumable), then results.json.
 
     The scores need the weights, so the model always loads with transformers (`eval.backend`'s dtype, device,
@@ -120,10 +119,10 @@ def run_nll(cfg: NllConfig, backend_cfg: BackendConfig, model_path: str, holdout
     if todo and backend is None:
         from rutune.eval.backends import make_backend
 
-        backend = make_backend(backend_cfg.model_copy(update={"kind": "hf", "batch_size": cfg.batch_size}),
+        backend = make_backend(backend_cfg.model_copy(update={"kind": "hf"}),
                                str(model_path))
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
+    for start in range(0, len(todo), backend_cfg.batch_size):
+        batch = todo[start:start + backend_cfg.batch_size]
         items = [score_row(backend.model, backend.tokenizer, r, cfg.max_tokens) for r in batch]
         if cfg.max_new_tokens:
             answers = cyrillic_answers(backend, [answer_prompt(r["messages"]) for r in batch],
@@ -132,7 +131,7 @@ def run_nll(cfg: NllConfig, backend_cfg: BackendConfig, model_path: str, holdout
                 item.update(answer)
         log.append(items)
     ordered = log.ordered([r["id"] for r in rows])
-    metrics, extra = nll_metrics(ordered, rounds=cfg.bootstrap_rounds, seed=seed)
+    metrics, extra = nll_metrics(ordered, rounds=rounds, seed=seed)
     extra.update({"holdout": str(holdout_parquet), "max_tokens": cfg.max_tokens, "max_new_tokens": cfg.max_new_tokens,
                   "dtype": backend_cfg.dtype,
                   "sources": dict(sorted(Counter(r["source"] for r in rows).items()))})

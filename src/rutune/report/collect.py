@@ -4,7 +4,7 @@ Reads files only (never a model, never torch). Layout (see `rutune.rundir`):
 
     prepare/manifest.json, prepare/contamination.json
     train/<stage>/manifest.json (recipe, init_from), train/<stage>/metrics.jsonl (one JSON line per logging step)
-    eval/<suite>/<model>/results.json (+ items.jsonl, arena answers.jsonl)
+    eval/<suite>/<model>/results.json (+ items.jsonl and any per-item file a metric's display names)
 
 Missing pieces are simply absent in the result; a file that exists but cannot be read is a `ReportError`
 naming the file (and line).
@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rutune.eval.errors import EvalError
-from rutune.eval.items import read_items
+from rutune.items import ItemsError, read_items
 from rutune.rundir import MANIFEST, RunDir
 
-ANSWERS = "answers.jsonl"
 ITEMS = "items.jsonl"
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
@@ -33,17 +31,25 @@ class ReportError(ValueError):
 
 @dataclass
 class SuiteResult:
-    """One suite's output for one model: results.json, its per-item rows, and (arena) per-question answer lengths."""
+    """One suite's output for one model: results.json and its per-item rows (other row files read on demand)."""
 
     suite: str
     folder: Path
     results: dict[str, Any]
     items: list[dict[str, Any]] = field(default_factory=list)
-    answer_lengths: dict[str, dict[str, float]] = field(default_factory=dict)  # unit → {question_id: length}
+    _other: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def metric(self, name: str) -> dict[str, Any] | None:
         entry = self.results.get("metrics", {}).get(name)
         return entry if isinstance(entry, dict) else None
+
+    def rows(self, file_name: str = ITEMS) -> list[dict[str, Any]]:
+        """Per-item rows of one of the suite's files (items.jsonl unless a metric's display names another)."""
+        if file_name == ITEMS:
+            return self.items
+        if file_name not in self._other:
+            self._other[file_name] = read_jsonl(self.folder / file_name)
+        return self._other[file_name]
 
 
 @dataclass
@@ -52,6 +58,7 @@ class Stage:
     recipe: str | None
     init_from: str | None
     log: list[dict[str, Any]]
+    data_block: str | None = None  # the prepared data block it trained on (from its manifest)
 
 
 @dataclass
@@ -80,30 +87,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     error), each a JSON object."""
     try:
         rows = read_items(path)
-    except EvalError as e:
+    except ItemsError as e:
         raise ReportError(str(e)) from None
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise ReportError(f"{path}: row {n} is not a JSON object")
     return rows
-
-
-def answer_lengths(path: Path) -> dict[str, dict[str, float]]:
-    """Per-question answer lengths of an arena answer file, by unit (`cl100k`, `model_tokens`, `chars`)."""
-    out: dict[str, dict[str, float]] = {"cl100k": {}, "model_tokens": {}, "chars": {}}
-    for row in read_jsonl(path):
-        try:
-            turn = row["choices"][0]["turns"][0]
-            qid = str(row["question_id"])
-        except (KeyError, IndexError, TypeError):
-            raise ReportError(f"{path}: answer row without question_id/choices[0].turns[0]") from None
-        content = turn.get("content") or ""
-        out["chars"][qid] = float(len(content))
-        if turn.get("token_len") is not None and turn.get("token_len_unit", "cl100k") == "cl100k":
-            out["cl100k"][qid] = float(turn["token_len"])
-        if turn.get("model_token_len") is not None:
-            out["model_tokens"][qid] = float(turn["model_token_len"])
-    return {unit: v for unit, v in out.items() if v}
 
 
 def read_suite(folder: Path, suite: str) -> SuiteResult | None:
@@ -116,14 +105,7 @@ def read_suite(folder: Path, suite: str) -> SuiteResult | None:
     for name, entry in results["metrics"].items():
         if not isinstance(entry, dict) or "value" not in entry:
             raise ReportError(f"{results_path}: metrics.{name} has no `value`")
-    result = SuiteResult(suite, folder, results, read_jsonl(folder / ITEMS))
-    if suite == "arena":
-        answers = folder / ANSWERS
-        given = (results.get("extra") or {}).get("generation", {}).get("answers_file")
-        if not answers.exists() and given and Path(given).is_file():
-            answers = Path(given)
-        result.answer_lengths = answer_lengths(answers)
-    return result
+    return SuiteResult(suite, folder, results, read_jsonl(folder / ITEMS))
 
 
 def _read_stages(run: RunDir) -> dict[str, Stage]:
@@ -133,7 +115,8 @@ def _read_stages(run: RunDir) -> dict[str, Stage]:
         manifest = _read_json(folder / MANIFEST) if (folder / MANIFEST).exists() else {}
         log = [r for r in read_jsonl(folder / METRICS) if "loss" in r]
         if manifest or log:
-            stages[folder.name] = Stage(folder.name, manifest.get("recipe"), manifest.get("init_from"), log)
+            stages[folder.name] = Stage(folder.name, manifest.get("recipe"), manifest.get("init_from"), log,
+                                        manifest.get("data_block"))
     return stages
 
 

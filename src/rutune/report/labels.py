@@ -3,9 +3,10 @@
 Rule (docs/report.md):
 
 - the baseline model (`baseline_label`, default `base`) is one row labelled with that name, shared by all runs;
-- a trained stage gets the mixture it saw, earliest stage first, following `init_from` back to the base:
-  an `sft` stage contributes its run's `sft` sources, a `simpo` stage the `preference` sources, each written as
-  `<short name> <requested>` ("+ GM 60% + Saiga 20%"), the study's own short names (GM, Saiga, RAG, Saiga Pref);
+- a trained stage gets the mixture it saw, earliest stage first, following `init_from` back to the base: each
+  stage contributes the sources of the data block its train manifest names (`data_block`: `sft`, `preference`),
+  each written as `<short name> <requested>` ("+ GM 60% + Saiga 20%"), the short names the prepare manifest
+  recorded from the source registry (GM, Saiga, RAG, Saiga Pref);
 - a model with no train manifest (an outside checkpoint) or a run with no prepare manifest is `experiment/model`;
 - when two rows would read the same, every row sharing that label falls back to `experiment/model`.
 """
@@ -16,13 +17,13 @@ from typing import Iterable
 
 from rutune.report.collect import Run, mixture_sources
 
-SHORT_NAMES = {"grandmaster_pro_max": "GM", "saiga_scored": "Saiga", "grounded_rag_ru_v2": "RAG",
-               "saiga_preferences": "Saiga Pref"}
-RECIPE_DATA = {"sft": "sft", "simpo": "preference"}
+def short_name(report: dict) -> str:
+    """A source's short label from its prepare-manifest report (the source's own name when none was recorded)."""
+    return str(report.get("short") or report["source"])
 
 
-def short_name(source: str) -> str:
-    return SHORT_NAMES.get(source, source)
+def short_names(runs: list[Run]) -> dict[str, str]:
+    return {s["source"]: short_name(s) for r in runs for kind in ("sft", "preference") for s in mixture_sources(r, kind)}
 
 
 def requested_text(requested: str) -> str:
@@ -33,7 +34,7 @@ def stage_chain(run: Run, model: str) -> list[str] | None:
     chain, name = [], model
     while name and name != "base":
         stage = run.stages.get(name)
-        if stage is None or stage.recipe not in RECIPE_DATA or name in chain:
+        if stage is None or not stage.data_block or name in chain:
             return None
         chain.append(name)
         name = stage.init_from
@@ -49,11 +50,10 @@ def mixture_label(run: Run, model: str) -> str | None:
         return None
     parts = []
     for stage_name in chain:
-        kind = RECIPE_DATA[run.stages[stage_name].recipe]
-        sources = mixture_sources(run, kind)
+        sources = mixture_sources(run, run.stages[stage_name].data_block)
         if not sources:
             return None
-        parts += [f"{short_name(s['source'])} {requested_text(str(s['requested']))}" for s in sources]
+        parts += [f"{short_name(s)} {requested_text(str(s['requested']))}" for s in sources]
     return "+ " + " + ".join(parts)
 
 

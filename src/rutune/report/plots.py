@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 
 from rutune.report.collect import Run
-from rutune.report.labels import short_name, source_percents
-from rutune.report.table import UNIT_NAMES, Table, question_lengths
+from rutune.report.labels import short_names, source_percents
+from rutune.report.table import Table, item_values
 
 DPI = 90
 
@@ -72,6 +72,9 @@ def metric_vs_mixture(table: Table, runs: list[Run]) -> Figure | None:
     if source is None:
         return None
     percent_of = {r.experiment: source_percents(r).get(source) for r in runs}
+    if len({x for x in percent_of.values() if x is not None}) < 2:
+        return None  # one mixture share: nothing to draw against (a line needs two x values)
+    short = short_names(runs).get(source, source)
     cols = [c for c in table.columns if any(r.cells[c.key].value is not None for r in table.rows)]
     if not cols:
         return None
@@ -101,11 +104,11 @@ def metric_vs_mixture(table: Table, runs: list[Run]) -> Figure | None:
         if xs_all:
             pad = max(5.0, 0.1 * (max(xs_all) - min(xs_all)))
             ax.set_xlim(min(xs_all) - pad, max(xs_all) + pad)
-        ax.set_xlabel(f"{short_name(source)} %")
+        ax.set_xlabel(f"{short} %")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Metrics vs the {short_name(source)} share of the mixture (95% CI)")
-    return Figure("metrics_vs_mixture", f"Metrics vs {short_name(source)} %", _png(fig))
+    fig.suptitle(f"Metrics vs the {short} share of the mixture (95% CI)")
+    return Figure("metrics_vs_mixture", f"Metrics vs {short} %", _png(fig))
 
 
 def loss_curves(runs: list[Run]) -> Figure | None:
@@ -129,31 +132,35 @@ def loss_curves(runs: list[Run]) -> Figure | None:
     return Figure("loss_curves", "Training loss curves", _png(fig))
 
 
-def length_histograms(table: Table, runs: list[Run]) -> Figure | None:
+def histograms(table: Table, runs: list[Run]) -> list[Figure]:
+    """Per-model histograms of the per-item values of every column whose display asks for one (the arena's
+    answer lengths)."""
     by_exp = {r.experiment: r for r in runs}
-    panels = []
-    for row in table.rows:
-        suite = by_exp[row.experiment].evals[row.model].get("arena")
-        unit = (suite.metric("avg_tokens") or {}).get("unit") if suite else None
-        lengths = list(question_lengths(suite, unit).values()) if suite else []
-        if lengths:
-            panels.append((row.label, unit, lengths))
-    if not panels:
-        return None
-    top = max(max(p[2]) for p in panels)
-    bins = [top * i / 20 for i in range(21)] if top > 0 else 20
-    fig, axes = _grid(len(panels), 3, (4.0, 2.8))
-    for ax, (label, unit, lengths) in zip(axes, panels):
-        ax.hist(lengths, bins=bins, color="tab:blue", alpha=0.8)
-        mean = sum(lengths) / len(lengths)
-        ax.axvline(mean, color="black", linestyle=":", label=f"mean {mean:.0f}")
-        ax.set_title(label if len(label) <= 40 else label[:38] + "…", fontsize=9)
-        ax.set_xlabel(f"answer length ({UNIT_NAMES.get(unit, unit)})")
-        ax.legend(fontsize=7)
-    fig.suptitle("Arena answer lengths per model")
-    return Figure("answer_lengths", "Answer-length histograms", _png(fig))
+    figures = []
+    for col in (c for c in table.columns if c.histogram):
+        panels = []
+        for row in table.rows:
+            suite = by_exp[row.experiment].evals[row.model].get(col.suite)
+            values = list(item_values(col, suite).values()) if suite else []
+            if values:
+                panels.append((row.label, row.cells[col.key].unit, values))
+        if not panels:
+            continue
+        top = max(max(p[2]) for p in panels)
+        bins = [top * i / 20 for i in range(21)] if top > 0 else 20
+        fig, axes = _grid(len(panels), 3, (4.0, 2.8))
+        for ax, (label, unit, values) in zip(axes, panels):
+            ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+            mean = sum(values) / len(values)
+            ax.axvline(mean, color="black", linestyle=":", label=f"mean {mean:.0f}")
+            ax.set_title(label if len(label) <= 40 else label[:38] + "…", fontsize=9)
+            ax.set_xlabel(f"{col.title}" + (f" ({unit})" if unit else ""))
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{col.title}: per-item values per model")
+        figures.append(Figure(f"hist_{col.key}", f"{col.title} histograms", _png(fig)))
+    return figures
 
 
 def all_figures(table: Table, runs: list[Run]) -> list[Figure]:
-    figures = [metric_vs_mixture(table, runs), loss_curves(runs), length_histograms(table, runs)]
+    figures = [metric_vs_mixture(table, runs), loss_curves(runs), *histograms(table, runs)]
     return [f for f in figures if f is not None]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from rutune.report.collect import Run
 from rutune.report.plots import Figure
 from rutune.report.sections import MixtureRow, contamination_lines, mixture_rows
-from rutune.report.table import UNIT_NAMES, Cell, Column, Table, uniform_unit
+from rutune.report.table import Cell, Column, Table, legend_tests, uniform_unit
 
 MARKS = {"higher": "▲", "lower": "▼"}
 
@@ -40,7 +40,7 @@ def cell_text(cell: Cell, col: Column, *, with_unit: bool = False) -> str:
     if cell.ci_low is not None and cell.ci_high is not None:
         text += f" [{fmt(cell.ci_low, col.decimals)}, {fmt(cell.ci_high, col.decimals)}]"
     if with_unit and cell.unit:
-        text += f" {UNIT_NAMES.get(cell.unit, cell.unit)}"
+        text += f" {cell.unit}"
     if cell.direction:
         text += f" {MARKS[cell.direction]}"
     if cell.n_valid is not None and cell.n_total is not None and cell.n_valid < cell.n_total:
@@ -49,18 +49,18 @@ def cell_text(cell: Cell, col: Column, *, with_unit: bool = False) -> str:
 
 
 def column_title(table: Table, col: Column) -> str:
-    unit = uniform_unit(table, col) if col.key == "avg_len" else None
-    return f"{col.title} ({UNIT_NAMES.get(unit, unit)})" if unit else col.title
+    unit = uniform_unit(table, col) if col.unit_title else None
+    return f"{col.title} ({unit})" if unit else col.title
 
 
 def legend(doc: Document) -> list[str]:
+    tests = legend_tests(doc.table.columns)
     lines = [f"Cells: value [95% CI]. ▲/▼: significantly higher/lower than `{doc.baseline_label}` "
-             "(two-sided p < 0.05 on the items both models have, paired by id: exact McNemar for the accuracy "
-             "columns, paired bootstrap of the mean difference for Judge, Avg len and NLL; Judge (LC) is not "
-             "tested). (valid/total): items that failed are left out of the value. "
+             f"(two-sided p < 0.05 on the items both models have, paired by id"
+             + (f": {tests}" if tests else "") + "). (valid/total): items that failed are left out of the value. "
              "—: not evaluated."]
     fixes = sorted({c.fix for r in doc.table.rows for c in r.cells.values() if c.fix})
-    lines += [f"Judge: {fix}" for fix in fixes]
+    lines += [f"Not available: {fix}" for fix in fixes]
     return lines + doc.table.notes
 
 
@@ -105,7 +105,7 @@ def render_markdown(doc: Document, figure_paths: dict[str, str] | None = None) -
     t = doc.table
     lines = ["# rutune report", "", "## Results", ""]
     header = ["model"] + [column_title(t, c) for c in t.columns]
-    with_unit = {c.key: c.key == "avg_len" and uniform_unit(t, c) is None for c in t.columns}
+    with_unit = {c.key: bool(c.unit_title) and uniform_unit(t, c) is None for c in t.columns}
     body = [[r.label] + [cell_text(r.cells[c.key], c, with_unit=with_unit[c.key]) for c in t.columns] for r in t.rows]
     lines += _md_table(header, body) + [""] + [f"- {line}" for line in legend(doc)] + ["", "## Mixtures", ""]
     for run in doc.runs:
@@ -185,7 +185,7 @@ def _html_cell(cell: Cell, col: Column, with_unit: bool) -> str:
         inner += (f' <span class="{cls}" title="p = {cell.p_value:.4g} ({cell.test}, {cell.n_pairs} paired items)">'
                   f"{MARKS[cell.direction]}</span>")
     if with_unit and cell.unit:
-        inner += f' <span class="unit">{e(UNIT_NAMES.get(cell.unit, cell.unit))}</span>'
+        inner += f' <span class="unit">{e(cell.unit)}</span>'
     if cell.ci_low is not None and cell.ci_high is not None:
         inner += f'<span class="ci">[{fmt(cell.ci_low, col.decimals)}, {fmt(cell.ci_high, col.decimals)}]</span>'
     if cell.n_valid is not None and cell.n_total is not None and cell.n_valid < cell.n_total:
@@ -202,7 +202,7 @@ def render_html(doc: Document) -> str:
     """One file: inline CSS, the PNGs embedded as data URIs, nothing fetched from anywhere."""
     e = html.escape
     t = doc.table
-    with_unit = {c.key: c.key == "avg_len" and uniform_unit(t, c) is None for c in t.columns}
+    with_unit = {c.key: bool(c.unit_title) and uniform_unit(t, c) is None for c in t.columns}
     rows = []
     for r in t.rows:
         cls = ' class="baseline"' if r.is_baseline else ""

@@ -38,7 +38,7 @@ def mixture_rows(run: Run) -> list[MixtureRow]:
             available = s.get("available")
             if available is None and s.get("after_filters") is not None:
                 available = s["after_filters"] - (s.get("held_out") or 0)
-            rows.append(MixtureRow(kind, s["source"], short_name(s["source"]), str(s.get("requested", "")),
+            rows.append(MixtureRow(kind, s["source"], short_name(s), str(s.get("requested", "")),
                                    available, s.get("realised"), s.get("rows_read"), s.get("after_filters"),
                                    s.get("held_out"), dict(s.get("dropped") or {})))
     return rows

@@ -1,16 +1,15 @@
 """The comparison table: one row per model, each cell a value with its 95% CI and a paired test against the base.
 
-Values and CIs are the ones the eval stages wrote in results.json (never recomputed), except the average answer
-length, whose CI is a percentile bootstrap over the per-question lengths in the arena answer file.
+Columns come from the result files alone: every metric a suite wrote with a `display` block
+(`rutune.results.display`) is a column — its title, decimals, order, per-item key and test kind. The report
+names no suite. Values and CIs are the ones the eval stages wrote in results.json (never recomputed).
 
 Significance (`alpha` = 0.05, two-sided) is tested on the items both models have a valid value for, paired by id:
-
-- accuracy columns (ruMMLU `correct`, LIBRA containment `score`, 0/1 per item): exact McNemar;
-- the others (arena per-game model score 1/0.5/0 against the shared baseline answers, answer lengths): paired
-  bootstrap of the mean difference (two-sided p = twice the smaller tail of the resampled differences at 0).
-
-The length-controlled judge score is a reweighted Bradley–Terry fit, not a mean of items, so it carries its CI
-but no mark. The QA cells are LIBRA's mean over lengths; their test pools the items of all lengths.
+- `mcnemar` columns (0/1 per item): exact McNemar (a paired bootstrap when some value is not 0/1);
+- `paired_bootstrap` columns: paired bootstrap of the mean difference (two-sided p = twice the smaller tail of the
+  resampled differences at 0);
+- `none` columns (a refitted model score, such as the length-controlled judge score) carry their CI, no mark.
+A column pooling several item groups (LIBRA's QA cells are means over lengths) tests the pooled items.
 """
 
 from __future__ import annotations
@@ -21,38 +20,51 @@ from typing import Any
 
 import numpy as np
 
-from rutune.eval.stats import bootstrap_ci, mcnemar, paired_bootstrap
 from rutune.report.collect import Run, SuiteResult
-from rutune.report.labels import stage_chain, assign_labels
+from rutune.report.labels import assign_labels, stage_chain
+from rutune.stats import mcnemar, paired_bootstrap
 
 ALPHA = 0.05
-UNIT_NAMES = {"cl100k": "cl100k tokens", "model_tokens": "model tokens", "chars": "chars"}
+TEST_NAMES = {"mcnemar": "exact McNemar", "paired_bootstrap": "paired bootstrap of the mean difference"}
 
 
 @dataclass(frozen=True)
 class Column:
-    key: str
+    """One report column, read from a metric's `display` block."""
+
+    key: str  # "<suite>.<metric>"
     title: str
     suite: str
     metric: str
-    decimals: int
-    paired: str | None  # "items", "arena" (per-game scores), "lengths", or None (no test)
-    accuracy: bool = False  # 0/1 items: McNemar (a paired bootstrap when some value is not 0/1)
-    task: str | None = None  # babilong: keep items of this task
-    item_field: str | None = None  # per-item field; default: the metric's item_key
+    decimals: int = 3
+    direction: str = "higher"
+    test: str = "none"
+    order: float = 100
+    items_file: str = "items.jsonl"
+    item_key: str | None = None
+    where: tuple = ()  # ((field, value), ...) items must match
+    unit_title: str | None = None
+    histogram: bool = False
+
+    @classmethod
+    def from_display(cls, suite: str, metric: str, d: dict) -> "Column":
+        return cls(f"{suite}.{metric}", str(d.get("title", metric)), suite, metric, int(d.get("decimals", 3)),
+                   d.get("direction", "higher"), d.get("test", "none"), float(d.get("order", 100)),
+                   d.get("items_file", "items.jsonl"), d.get("item_key"), tuple(sorted((d.get("where") or {}).items())),
+                   d.get("unit_title"), bool(d.get("histogram", False)))
 
 
-COLUMNS = (
-    Column("judge", "Judge", "arena", "win_rate", 3, "arena"),
-    Column("judge_lc", "Judge (LC)", "arena", "win_rate_lc", 3, None),
-    Column("avg_len", "Avg len", "arena", "avg_tokens", 0, "lengths"),
-    Column("rummlu", "ruMMLU", "mmlu", "accuracy", 3, "items", accuracy=True),
-    Column("qa1", "QA1", "babilong", "qa1", 3, "items", accuracy=True, task="qa1", item_field="score"),
-    Column("qa2", "QA2", "babilong", "qa2", 3, "items", accuracy=True, task="qa2", item_field="score"),
-)
-OPTIONAL_COLUMNS = (Column("cyrillic", "Cyrillic share", "nll", "cyrillic_share", 3, "items"),
-                    Column("own_cyrillic", "Cyrillic share (own words)", "nll", "own_cyrillic_share", 3, "items"),
-                    Column("nll", "Held-out NLL", "nll", "nll_per_token", 3, "items"))
+def columns_of(runs: list[Run]) -> list[Column]:
+    """Every displayed metric of every result file, once, in display order."""
+    found: dict[str, Column] = {}
+    for run in runs:
+        for per_model in run.evals.values():
+            for suite in per_model.values():
+                for name, entry in suite.results.get("metrics", {}).items():
+                    if isinstance(entry, dict) and isinstance(entry.get("display"), dict):
+                        col = Column.from_display(suite.suite, name, entry["display"])
+                        found.setdefault(col.key, col)
+    return sorted(found.values(), key=lambda c: (c.order, c.key))
 
 
 @dataclass
@@ -108,30 +120,19 @@ def _number(x: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def question_lengths(suite: SuiteResult, unit: str | None) -> dict[str, float]:
-    """Per-question lengths in the unit of results.json's avg_tokens (answers file, else the items' model tokens)."""
-    if unit in suite.answer_lengths:
-        return suite.answer_lengths[unit]
-    if unit == "model_tokens":
-        return {str(r["question_id"]): float(r["model_token_len"]) for r in suite.items
-                if r.get("model_token_len") is not None and r.get("question_id") is not None}
-    return {}
-
-
 def item_values(col: Column, suite: SuiteResult) -> dict[str, float]:
     """Per-item values a column's paired test compares, by item id (only valid items)."""
-    if col.paired == "arena":
-        return {str(r["id"]): float(r["model_score"]) for r in suite.items
-                if r.get("valid") and r.get("model_score") is not None}
-    if col.paired == "lengths":
-        return question_lengths(suite, (suite.metric(col.metric) or {}).get("unit"))
-    if col.paired == "items":
-        key = col.item_field or (metric_of(col, suite) or {}).get("item_key")
-        if not key:
-            return {}
-        return {str(r["id"]): float(r[key]) for r in suite.items
-                if r.get(key) is not None and (col.task is None or r.get("task") == col.task)}
-    return {}
+    if not col.item_key:
+        return {}
+    where = dict(col.where)
+    out = {}
+    for r in suite.rows(col.items_file):
+        value = r.get(col.item_key)
+        if value is None or r.get("valid") is False or r.get("id") is None:
+            continue
+        if all(r.get(k) == v for k, v in where.items()):
+            out[str(r["id"])] = float(value)
+    return out
 
 
 def paired_test(model: dict[str, float], base: dict[str, float], *, accuracy: bool, rounds: int,
@@ -152,32 +153,20 @@ def paired_test(model: dict[str, float], base: dict[str, float], *, accuracy: bo
     return {"p_value": res["p_value"], "test": "paired_bootstrap", "n_pairs": len(ids), "diff": diff}
 
 
-def metric_of(col: Column, suite: SuiteResult) -> dict | None:
-    """The column's metric entry; an optional suite's column falls back to the suite's first metric."""
-    entry = suite.metric(col.metric)
-    if entry is None and col.key == "nll":
-        entry = next((e for e in suite.results["metrics"].values() if isinstance(e, dict)), None)
-    return entry
-
-
-def make_cell(col: Column, suite: SuiteResult | None, *, rounds: int, seed: int) -> Cell:
+def make_cell(col: Column, suite: SuiteResult | None) -> Cell:
     """A cell from one suite's results (an empty cell when the suite or metric is missing)."""
-    entry = metric_of(col, suite) if suite else None
+    entry = suite.metric(col.metric) if suite else None
     if entry is None:
         return Cell()
     cell = Cell(value=_number(entry.get("value")), ci_low=_number(entry.get("ci_low")),
                 ci_high=_number(entry.get("ci_high")), n_valid=entry.get("n_valid"), n_total=entry.get("n_total"),
-                unit=entry.get("unit"))
+                unit=(entry.get("display") or {}).get("unit_title") or entry.get("unit"))
     if entry.get("available") is False:
-        cell.note = "no judge configured" if col.suite == "arena" else "not available"
+        cell.note = entry.get("note") or "not available"
         cell.fix = entry.get("reason")
         return cell
     if cell.value is None:
         cell.note = f"no valid items ({cell.n_valid}/{cell.n_total})"
-    if col.paired == "lengths" and cell.ci_low is None:
-        lengths = list(question_lengths(suite, cell.unit).values())
-        if lengths:
-            cell.ci_low, cell.ci_high = bootstrap_ci(lengths, rounds=rounds, seed=seed)
     return cell
 
 
@@ -188,8 +177,7 @@ def _model_order(run: Run, model: str) -> tuple[int, str]:
 
 def build_table(runs: list[Run], *, baseline_label: str = "base", rounds: int = 1000, seed: int = 0) -> Table:
     """Rows for the baseline (once, from the first run that evaluated it) and every other evaluated model."""
-    suites_seen = {s for run in runs for per_model in run.evals.values() for s in per_model}
-    columns = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c.suite in suites_seen]
+    columns = columns_of(runs)
     notes: list[str] = []
     base_run = next((r for r in runs if baseline_label in r.evals), None)
     keys = [(base_run, baseline_label)] if base_run else []
@@ -200,6 +188,7 @@ def build_table(runs: list[Run], *, baseline_label: str = "base", rounds: int = 
         notes.append(f"`{baseline_label}` row from run {base_run.experiment} (also evaluated in {', '.join(others)}).")
     if base_run is None:
         notes.append(f"No results for the baseline `{baseline_label}` in any run: no significance marks.")
+    notes += substitution_notes(runs)
     labels = assign_labels(keys, baseline_label)
     base_evals = base_run.evals[baseline_label] if base_run else {}
     rows = []
@@ -207,11 +196,11 @@ def build_table(runs: list[Run], *, baseline_label: str = "base", rounds: int = 
         evals = run.evals[model]
         cells = {}
         for col in columns:
-            cell = make_cell(col, evals.get(col.suite), rounds=rounds, seed=seed)
-            if model != baseline_label and col.paired and cell.value is not None and col.suite in base_evals \
-                    and col.suite in evals:
+            cell = make_cell(col, evals.get(col.suite))
+            if model != baseline_label and col.test != "none" and cell.value is not None \
+                    and col.suite in base_evals and col.suite in evals:
                 test = paired_test(item_values(col, evals[col.suite]), item_values(col, base_evals[col.suite]),
-                                   accuracy=col.accuracy, rounds=rounds, seed=seed)
+                                   accuracy=col.test == "mcnemar", rounds=rounds, seed=seed)
                 if test:
                     cell.p_value, cell.test, cell.n_pairs, cell.diff = (test["p_value"], test["test"],
                                                                         test["n_pairs"], test["diff"])
@@ -222,7 +211,32 @@ def build_table(runs: list[Run], *, baseline_label: str = "base", rounds: int = 
     return Table(columns, rows, notes)
 
 
+def substitution_notes(runs: list[Run]) -> list[str]:
+    """A visible note for every suite whose results say bundled sample data stood in for the real set."""
+    found = set()
+    for run in runs:
+        for per_model in run.evals.values():
+            for suite in per_model.values():
+                extra = suite.results.get("extra") or {}
+                parts = [k for k, v in extra.items() if isinstance(v, dict) and v.get("substituted")]
+                if extra.get("substituted") is True or parts:
+                    found.add((suite.suite, ", ".join(parts) or "items"))
+    return [f"{suite}: bundled sample {what} stood in for the real set (results.json `substituted`)."
+            for suite, what in sorted(found)]
+
+
 def uniform_unit(table: Table, col: Column) -> str | None:
     """The unit all of a column's cells share, or None when they differ or carry none."""
     units = {r.cells[col.key].unit for r in table.rows if r.cells[col.key].value is not None}
     return units.pop() if len(units) == 1 else None
+
+
+def legend_tests(columns: list[Column]) -> str:
+    """Which test each column's ▲/▼ comes from, grouped by test kind (built from the columns themselves)."""
+    groups: dict[str, list[str]] = {}
+    for col in columns:
+        groups.setdefault(col.test, []).append(col.title)
+    parts = [f"{TEST_NAMES[t]} for {', '.join(titles)}" for t, titles in groups.items() if t in TEST_NAMES]
+    if groups.get("none"):
+        parts.append(f"{', '.join(groups['none'])} not tested")
+    return "; ".join(parts)

@@ -1,8 +1,9 @@
-"""The `simpo` recipe: SimPO preference optimisation with `transformers.Trainer` (a subclass overriding compute_loss).
+"""The `preference` recipe: preference optimisation with `transformers.Trainer` (`RecipeTrainer` + a step loss).
 
-Loss (`losses.simpo_loss`): −log σ(β/|y_w|·log π(y_w|x) − β/|y_l|·log π(y_l|x) − γ), γ an absolute margin, no
-reference model, plus `sft_weight` × the chosen responses' token-mean NLL (CPO's α). See docs/simpo.md for the
-γ conversions (SimPO's gamma_beta_ratio = γ/β, TRL's simpo_gamma = γ) and the defaults.
+Loss: the objective the stage's `loss:` block names (`rutune.train.objectives`), computed from per-pair sequence
+log-probs; the default is SimPO (`losses.simpo_loss`): −log σ(β/|y_w|·log π(y_w|x) − β/|y_l|·log π(y_l|x) − γ),
+γ an absolute margin, no reference model, plus `sft_weight` × the chosen responses' token-mean NLL (CPO's α).
+See docs/simpo.md for the γ conversions (SimPO's gamma_beta_ratio = γ/β, TRL's simpo_gamma = γ) and the defaults.
 
 Data: `prepare/preference.parquet` (`prompt` messages ending with a user turn, `chosen`, `rejected`), rendered with
 the stage's chat template by `templates.tokenize_pair` (responses = assistant content + end-of-turn, once).
@@ -32,9 +33,9 @@ PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 def preference_data(run: RunDir) -> tuple[Path, str | None]:
     """The prepared preference parquet and its content hash (prepare manifest, `preference` block); TrainError when
     missing, empty or malformed."""
-    from rutune.train import runtime
+    from rutune.train.stage_io import prepared_data
 
-    return runtime.prepared_data(run, "preference.parquet", PAIR_COLUMNS, "preference", block="preference")
+    return prepared_data(run, "preference.parquet", PAIR_COLUMNS, "preference", block="preference")
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, *, max_tokens: int, overlength: str, counts: dict,
@@ -81,11 +82,11 @@ def _tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_tokens: i
 def tokenized_preferences(tokenizer, parquet: Path, *, data_hash: str | None, max_tokens: int, overlength: str,
                           cache_dir: Path):
     """Tokenise the pairs once per (data, tokenizer+template, length policy); returns (dataset, counts)."""
-    from rutune.train import runtime
+    from rutune.train.tokenize_cache import cached_tokenization
 
     fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength,
                            where=str(parquet))
-    raw, ds, counts = runtime.cached_tokenization(tokenizer, parquet, fn, kind="pref", data_hash=data_hash,
+    raw, ds, counts = cached_tokenization(tokenizer, parquet, fn, kind="pref", data_hash=data_hash,
                                                   max_tokens=max_tokens, overlength=overlength, cache_dir=cache_dir,
                                                   with_indices=True)
     if len(ds) == 0:
@@ -99,22 +100,14 @@ def _describe(counts: dict) -> str:
 
 
 # ---------------------------------------------------------------- trainer
-def check_simpo(stage) -> None:
-    """Loss hyperparameters that pydantic checks in YAML, checked again for stages built in code."""
-    if not stage.beta > 0:
-        raise TrainError(f"train stage {stage.name}: beta must be > 0, got {stage.beta}")
-    if stage.gamma < 0 or stage.sft_weight < 0:
-        raise TrainError(f"train stage {stage.name}: gamma and sft_weight must be >= 0")
-    if stage.batching not in ("prefix_shared", "concat"):
-        raise TrainError(f"train stage {stage.name}: batching must be prefix_shared or concat, got {stage.batching}")
-
-
-def simpo_step_loss(trainer, model, inputs, *, beta: float, gamma: float, sft_weight: float,
-                    return_outputs: bool = False):
-    """One micro-batch: forward on the preference batch, SimPO loss, per-pair metrics recorded for the log."""
+def preference_step_loss(trainer, model, inputs, *, objective, loss_cfg, return_outputs: bool = False,
+                         num_items_in_batch=None):
+    """One micro-batch: forward on the preference batch, the objective's loss, per-pair metrics recorded for the
+    log."""
     import torch
 
-    from rutune.train.losses import sequence_logps, simpo_loss
+    from rutune.train.losses import sequence_logps
+    from rutune.train.objectives import PairLogps
 
     forward = {k: inputs[k] for k in FORWARD_KEYS}
     mask = forward["attention_mask"]
@@ -127,33 +120,23 @@ def simpo_step_loss(trainer, model, inputs, *, beta: float, gamma: float, sft_we
     n = int(inputs["num_pairs"])
     lp = sequence_logps(outputs.logits, inputs["target_ids"], segment_ids=inputs["target_segment"],
                         num_segments=2 * n)
-    out = simpo_loss(lp.sum[:n], lp.count[:n], lp.sum[n:], lp.count[n:], beta, gamma, sft_weight=sft_weight)
+    out = objective.loss(PairLogps(lp.sum[:n], lp.count[:n], lp.sum[n:], lp.count[n:]), loss_cfg)
     margin = out.rewards_chosen - out.rewards_rejected
     record = trainer.record_metric
     record("rewards/chosen", out.rewards_chosen.mean())
     record("rewards/rejected", out.rewards_rejected.mean())
     record("rewards/margin", margin.mean())
     record("rewards/accuracy", (margin > 0).float().mean())
-    record("logps/chosen", out.logps_chosen.mean())
-    record("logps/rejected", out.logps_rejected.mean())
+    for name in ("logps_chosen", "logps_rejected"):
+        if hasattr(out, name):
+            record(name.replace("_", "/", 1), getattr(out, name).mean())
+    if hasattr(out, "nll"):
+        record("nll/chosen", out.nll)
     record("length/chosen", lp.count[:n].float().mean())
     record("length/rejected", lp.count[n:].float().mean())
-    record("nll/chosen", out.nll)
     record("trained_tokens", lp.count.sum())
     record("input_tokens", inputs["input_ids"].numel())
     return (out.loss, outputs) if return_outputs else out.loss
-
-
-def trainer_class(*, beta: float, gamma: float, sft_weight: float):
-    """A `RecipeTrainer` subclass whose only override is `compute_loss` (SimPO on our preference batches)."""
-    from rutune.train.runtime import RecipeTrainer
-
-    class SimpoTrainer(RecipeTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return simpo_step_loss(self, model, inputs, beta=beta, gamma=gamma, sft_weight=sft_weight,
-                                   return_outputs=return_outputs)
-
-    return SimpoTrainer
 
 
 def mask_dtype(precision: str):
@@ -163,15 +146,18 @@ def mask_dtype(precision: str):
 
 
 def build_trainer(model, tokenizer, dataset, args, stage, *, callbacks=()):
-    """The SimPO Trainer over a tokenised pair dataset (columns prompt_ids, chosen_ids, rejected_ids)."""
+    """The preference Trainer over a tokenised pair dataset (columns prompt_ids, chosen_ids, rejected_ids):
+    `RecipeTrainer` with `preference_step_loss` for the stage's objective."""
     from rutune.train.collators import collate_preference
+    from rutune.train.objectives import OBJECTIVES
+    from rutune.train.trainer import RecipeTrainer
 
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     collator = functools.partial(collate_preference, batching=stage.batching, pad_id=tokenizer.pad_token_id,
                                  mask_dtype=mask_dtype(precision))
-    cls = trainer_class(beta=stage.beta, gamma=stage.gamma, sft_weight=stage.sft_weight)
-    return cls(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
-               callbacks=list(callbacks))
+    step = functools.partial(preference_step_loss, objective=OBJECTIVES.get(stage.loss.name), loss_cfg=stage.loss)
+    return RecipeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                         processing_class=tokenizer, callbacks=list(callbacks), step_loss=step)
 
 
 def choose_attention(model_cfg, batching: str) -> str | None:
@@ -179,24 +165,25 @@ def choose_attention(model_cfg, batching: str) -> str | None:
     configured = model_cfg.attn_implementation if model_cfg is not None else None
     if batching == "prefix_shared" and configured not in (None, "sdpa", "eager"):
         raise TrainError(f"base_model.attn_implementation: {configured!r} cannot take the prefix-shared 4D mask; "
-                         "use sdpa or eager, or set the simpo stage's batching: concat")
+                         "use sdpa or eager, or set the preference stage's batching: concat")
     return configured
 
 
 # ---------------------------------------------------------------- the stage
 def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
-    """Train one `simpo` stage and write `train/<stage>/checkpoint/`; resumes from the last complete checkpoint."""
-    from rutune.train import runtime
+    """Train one `preference` stage and write `train/<stage>/checkpoint/`; resumes from the last complete
+    checkpoint."""
+    from rutune.train.checkpoints import train_resumable
+    from rutune.train.model_setup import apply_lora, load_stage_model
+    from rutune.train.outputs import finish_stage, read_metrics, stage_meta
+    from rutune.train.stage_io import StagePaths, init_source, load_stage_tokenizer
+    from rutune.train.trainer import stage_callbacks, training_arguments
 
-    runtime.check_stage(stage)
-    check_simpo(stage)
-    if cfg.data.preference is None:
-        raise TrainError(f"train stage {stage.name}: recipe simpo needs a data.preference block")
     attn = choose_attention(cfg.base_model, stage.batching)
-    paths = runtime.StagePaths.of(run, stage.name)
+    paths = StagePaths.of(run, stage.name)
     parquet, data_hash = preference_data(run)
-    init_path = runtime.init_source(cfg, stage, run)
-    tokenizer = runtime.load_stage_tokenizer(init_path)
+    init_path = init_source(cfg, stage, run)
+    tokenizer = load_stage_tokenizer(init_path)
     dataset, counts = tokenized_preferences(tokenizer, parquet, data_hash=data_hash,
                                             max_tokens=cfg.data.preference.max_tokens,
                                             overlength=cfg.data.preference.overlength, cache_dir=paths.cache)
@@ -205,30 +192,29 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
 
     set_seed(cfg.seed)  # LoRA adapters are random-initialised: seed before they are created, so runs repeat
     from_base = stage.init_from == "base"
-    model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
-                                     attn_implementation=attn)
+    model = load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
+                             attn_implementation=attn)
     if stage.lora is not None:
-        model = runtime.apply_lora(model, stage.lora, seed=cfg.seed)
-    args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
+        model = apply_lora(model, stage.lora, seed=cfg.seed)
+    args = training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
     trainer = build_trainer(model, tokenizer, dataset, args, stage,
-                            callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
-                                                              label=f"simpo {stage.name}",
-                                                              keep=stage.save_total_limit))
-    result = runtime.train_resumable(trainer, paths)
-    metrics = runtime.read_metrics(paths.metrics)
+                            callbacks=stage_callbacks(paths, show_progress=show_progress,
+                                                      label=f"{stage.loss.name} {stage.name}",
+                                                      keep=stage.save_total_limit))
+    result = train_resumable(trainer, paths)
+    metrics = read_metrics(paths.metrics)
     last = metrics[-1] if metrics else {}
-    meta = runtime.stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
-        "recipe": "simpo",
-        "simpo": {"beta": stage.beta, "gamma": stage.gamma, "gamma_beta_ratio": stage.gamma / stage.beta,
-                  "sft_weight": stage.sft_weight, "batching": stage.batching},
+    meta = stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
+        "recipe": "preference",
+        "objective": {**stage.loss.model_dump(mode="json"), "batching": stage.batching},
         "data_rows": counts,
         "train": {"global_steps": result.global_step, "mean_loss": result.training_loss,
                   "first_loss": metrics[0]["loss"] if metrics else None, "last_loss": last.get("loss"),
                   "last_accuracy": last.get("rewards/accuracy"), "last_margin": last.get("rewards/margin"),
                   "trained_tokens": sum(r.get("trained_tokens", 0) for r in metrics)},
     })
-    return runtime.finish_stage(trainer, tokenizer, cfg, stage, paths, meta, init_path=init_path, counts=counts)
+    return finish_stage(trainer, tokenizer, cfg, stage, paths, meta, init_path=init_path, counts=counts)
 
 
-__all__ = ["build_trainer", "check_simpo", "choose_attention", "preference_data", "run_stage", "simpo_step_loss",
-           "tokenize_pairs", "tokenized_preferences", "trainer_class"]
+__all__ = ["build_trainer", "choose_attention", "preference_data", "preference_step_loss", "run_stage",
+           "tokenize_pairs", "tokenized_preferences"]

@@ -28,9 +28,9 @@ FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", 
 # ---------------------------------------------------------------- data
 def sft_data(run: RunDir) -> tuple[Path, str | None]:
     """The prepared SFT parquet and its content hash (prepare manifest, `sft` block); TrainError when missing or empty."""
-    from rutune.train import runtime
+    from rutune.train.stage_io import prepared_data
 
-    return runtime.prepared_data(run, "sft.parquet", ("messages",), "SFT", block="sft")
+    return prepared_data(run, "sft.parquet", ("messages",), "SFT", block="sft")
 
 
 def _tokenize_batch(batch: dict, *, tokenizer, max_tokens: int, overlength: str, counts: dict) -> dict:
@@ -51,10 +51,10 @@ def tokenized_dataset(tokenizer, parquet: Path, *, data_hash: str | None, max_to
 
     `counts` has `kept`, `truncated`, `dropped_overlength` — from the run that built the cache, stored beside it.
     """
-    from rutune.train import runtime
+    from rutune.train.tokenize_cache import cached_tokenization
 
     fn = functools.partial(_tokenize_batch, tokenizer=tokenizer, max_tokens=max_tokens, overlength=overlength)
-    raw, ds, counts = runtime.cached_tokenization(tokenizer, parquet, fn, kind="sft", data_hash=data_hash,
+    raw, ds, counts = cached_tokenization(tokenizer, parquet, fn, kind="sft", data_hash=data_hash,
                                                   max_tokens=max_tokens, overlength=overlength, cache_dir=cache_dir)
     if len(ds) == 0:
         raise TrainError(f"{parquet}: all {len(raw)} rows are longer than data.sft.max_tokens={max_tokens} "
@@ -63,25 +63,6 @@ def tokenized_dataset(tokenizer, parquet: Path, *, data_hash: str | None, max_to
 
 
 # ---------------------------------------------------------------- trainer
-def _trainer_class():
-    from rutune.train.runtime import RecipeTrainer
-
-    class SftTrainer(RecipeTrainer):
-        """Trainer whose loss is `losses.sft_loss` on logits computed only at trained positions."""
-
-        loss_is_scaled_for_ga = True
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.model_accepts_loss_kwargs = True  # makes the Trainer count trained tokens over the global batch
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return sft_step_loss(self, model, inputs, return_outputs=return_outputs,
-                                 num_items_in_batch=num_items_in_batch)
-
-    return SftTrainer
-
-
 def sft_step_loss(trainer, model, inputs, *, return_outputs=False, num_items_in_batch=None):
     """One micro-batch's share of the global token-weighted loss (see the module docstring)."""
     from rutune.train.losses import sft_loss
@@ -101,12 +82,15 @@ def sft_step_loss(trainer, model, inputs, *, return_outputs=False, num_items_in_
 
 
 def build_trainer(model, tokenizer, dataset, args, *, packing: bool, callbacks=()):
-    """The SFT Trainer over a tokenised dataset (columns input_ids, labels)."""
+    """The SFT Trainer over a tokenised dataset (columns input_ids, labels): `RecipeTrainer` with `sft_step_loss`,
+    counting trained tokens over the global batch."""
     from rutune.train.collators import pack_sft, pad_sft
+    from rutune.train.trainer import RecipeTrainer
 
     collator = pack_sft if packing else functools.partial(pad_sft, pad_token_id=tokenizer.pad_token_id)
-    return _trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                            processing_class=tokenizer, callbacks=list(callbacks))
+    return RecipeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                         processing_class=tokenizer, callbacks=list(callbacks), step_loss=sft_step_loss,
+                         counts_tokens=True)
 
 
 def choose_attention(model_cfg, packing: bool) -> str | None:
@@ -124,31 +108,31 @@ def choose_attention(model_cfg, packing: bool) -> str | None:
 # ---------------------------------------------------------------- the stage
 def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     """Train one `sft` stage and write `train/<stage>/checkpoint/`; resumes from the last complete checkpoint."""
-    from rutune.train import runtime
+    from rutune.train.model_setup import apply_lora, load_stage_model
+    from rutune.train.outputs import finish_stage, read_metrics, stage_meta
+    from rutune.train.stage_io import StagePaths, init_source, load_stage_tokenizer
+    from rutune.train.checkpoints import train_resumable
+    from rutune.train.trainer import stage_callbacks, training_arguments
 
-    runtime.check_stage(stage)
-    if cfg.data.sft is None:
-        raise TrainError(f"train stage {stage.name}: recipe sft needs a data.sft block")
-    paths = runtime.StagePaths.of(run, stage.name)
+    paths = StagePaths.of(run, stage.name)
     parquet, data_hash = sft_data(run)
-    init_path = runtime.init_source(cfg, stage, run)
-    tokenizer = runtime.load_stage_tokenizer(init_path)
-    args = runtime.training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
+    init_path = init_source(cfg, stage, run)
+    tokenizer = load_stage_tokenizer(init_path)
+    args = training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
     dataset, counts = tokenized_dataset(tokenizer, parquet, data_hash=data_hash, max_tokens=cfg.data.sft.max_tokens,
                                         overlength=cfg.data.sft.overlength, cache_dir=paths.cache)
 
     from_base = stage.init_from == "base"
-    model = runtime.load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
-                                     attn_implementation=choose_attention(cfg.base_model, stage.packing))
+    model = load_stage_model(init_path, cfg.base_model if from_base else None, from_base=from_base,
+                             attn_implementation=choose_attention(cfg.base_model, stage.packing))
     if stage.lora is not None:
-        model = runtime.apply_lora(model, stage.lora, seed=cfg.seed)
+        model = apply_lora(model, stage.lora, seed=cfg.seed)
     trainer = build_trainer(model, tokenizer, dataset, args, packing=stage.packing,
-                            callbacks=runtime.stage_callbacks(paths, show_progress=show_progress,
-                                                              label=f"sft {stage.name}",
-                                                              keep=stage.save_total_limit))
-    result = runtime.train_resumable(trainer, paths)
-    metrics = runtime.read_metrics(paths.metrics)
-    meta = runtime.stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
+                            callbacks=stage_callbacks(paths, show_progress=show_progress, label=f"sft {stage.name}",
+                                                      keep=stage.save_total_limit))
+    result = train_resumable(trainer, paths)
+    metrics = read_metrics(paths.metrics)
+    meta = stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
         "recipe": "sft",
         "data_rows": counts,
         "train": {"global_steps": result.global_step, "mean_loss": result.training_loss,
@@ -156,7 +140,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
                   "last_loss": metrics[-1]["loss"] if metrics else None,
                   "trained_tokens": sum(r.get("trained_tokens", 0) for r in metrics)},
     })
-    return runtime.finish_stage(trainer, tokenizer, cfg, stage, paths, meta, init_path=init_path, counts=counts)
+    return finish_stage(trainer, tokenizer, cfg, stage, paths, meta, init_path=init_path, counts=counts)
 
 
 __all__ = ["build_trainer", "choose_attention", "run_stage", "sft_data", "sft_step_loss", "tokenized_dataset"]
