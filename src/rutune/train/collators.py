@@ -184,3 +184,81 @@ def collate_preference(pairs: Sequence, *, batching: str, pad_id: int, mask_dtyp
     if batching == "concat":
         return collate_concat(pairs, pad_id=pad_id)
     raise ValueError(f"unknown preference batching {batching!r}; expected prefix_shared or concat")
+
+
+# ---- Preference section: padding-free multi-pair rows ----
+
+# What a recipe hands the model for a `collate_packed_pairs` batch (beside `use_cache=False`), with the model's
+# attention set to `rutune.attention.PAIR_PACKED`. There is no `attention_mask`: nothing is padded.
+PACKED_PAIRS_FORWARD_KEYS = ("input_ids", "position_ids", "pair_cu_seq_q", "pair_cu_seq_k", "pair_key_index",
+                             "pair_max_length_q", "pair_max_length_k")
+
+
+def collate_packed_pairs(pairs: Sequence, *, pad_id: int | None = None) -> dict:
+    """All pairs in ONE unpadded row, per pair prompt[:-1] ‖ prompt[-1] + chosen[:-1] ‖ prompt[-1] + rejected[:-1].
+
+    The branch trick is `collate_prefix_shared`'s: the prompt's first P−1 tokens are computed once, each branch
+    starts with the prompt's last token (whose logit predicts the response's first token) and drops the response's
+    last token, so branch lengths equal response lengths and every branch position carries a target. Positions
+    restart at 0 for each pair; both branches continue the prefix at P−1.
+
+    Attention is described by segments instead of a mask (an L×L mask would grow with the square of the row).
+    Per pair two query segments, in row order: A = prefix ‖ chosen branch (plain causal over its own rows), and
+    B = rejected branch, whose keys are [the pair's prefix rows ‖ its own rows], causal aligned bottom-right
+    (query t sees the whole prefix and own keys 0..t) — never the chosen branch, never another pair. This is the
+    varlen form flash-attention takes, with key segments in a gathered key buffer:
+
+    * `pair_cu_seq_q` (int32, 2n+1): query segment s covers row positions [cu_q[s], cu_q[s+1]);
+    * `pair_cu_seq_k` (int32, 2n+1): its keys are gathered-buffer entries [cu_k[s], cu_k[s+1]);
+    * `pair_key_index` (int64): row position of each gathered key (so K_s = K[key_index[cu_k[s]:cu_k[s+1]]]);
+      a segment's keys are always its context rows (a contiguous range, empty for A) followed by its own rows;
+    * `pair_max_length_q`, `pair_max_length_k`: the longest query and key segment.
+
+    `logits_to_keep` is a LongTensor of the branch positions (a 1D index that transformers' LM heads accept), so
+    the LM head never runs on prompt tokens; `target_ids[0, t]` is what logit `logits_to_keep[t]` predicts and
+    `target_segment` names its sequence (pair i's chosen = i, rejected = n + i), the input of
+    `losses.sequence_logps` — the same contract as the other preference collators. `pad_id` is accepted for a
+    uniform collator signature; nothing is padded.
+    """
+    del pad_id
+    rows = [_pair_ids(p) for p in pairs]
+    if not rows:
+        raise ValueError("cannot pack an empty preference batch")
+    n = len(rows)
+    ids: list[int] = []
+    positions: list[int] = []
+    keep: list[int] = []
+    targets: list[int] = []
+    segments: list[int] = []
+    cu_q, cu_k, key_index = [0], [0], []
+    for i, (p, c, r) in enumerate(rows):
+        start = len(ids)
+        prefix = len(p) - 1
+        chosen_at = start + prefix
+        rejected_at = chosen_at + len(c)
+        end = rejected_at + len(r)
+        ids.extend([*p[:-1], p[-1], *c[:-1], p[-1], *r[:-1]])
+        positions.extend([*range(prefix + len(c)), *range(prefix, prefix + len(r))])
+        keep.extend(range(chosen_at, end))
+        targets.extend(c + r)
+        segments.extend([i] * len(c) + [n + i] * len(r))
+        cu_q.extend([rejected_at, end])
+        key_index.extend(range(start, rejected_at))  # A: its own rows
+        key_index.extend([*range(start, chosen_at), *range(rejected_at, end)])  # B: prefix rows, then its own
+        cu_k.append(cu_k[-1] + rejected_at - start)
+        cu_k.append(cu_k[-1] + prefix + len(r))
+    q_lens = [b - a for a, b in zip(cu_q[:-1], cu_q[1:])]
+    k_lens = [b - a for a, b in zip(cu_k[:-1], cu_k[1:])]
+    return {
+        "input_ids": torch.tensor([ids]),
+        "position_ids": torch.tensor([positions]),
+        "pair_cu_seq_q": torch.tensor(cu_q, dtype=torch.int32),
+        "pair_cu_seq_k": torch.tensor(cu_k, dtype=torch.int32),
+        "pair_key_index": torch.tensor(key_index, dtype=torch.long),
+        "pair_max_length_q": max(q_lens),
+        "pair_max_length_k": max(k_lens),
+        "logits_to_keep": torch.tensor(keep, dtype=torch.long),
+        "target_ids": torch.tensor([targets]),
+        "target_segment": torch.tensor([segments]),
+        "num_pairs": n,
+    }
