@@ -45,9 +45,13 @@ class _SftData(Strict):
 
 
 class _PreferenceData(Strict):
+    """`holdout_percent`: pairs kept out of training (`prepare/preference_holdout.parquet`), the held-out pairs the
+    preference eval suite scores."""
+
     max_tokens: PositiveInt = 4096
     overlength: Literal["drop", "truncate_prompt"] = "truncate_prompt"
     dedup: DedupConfig = DedupConfig()
+    holdout_percent: Number = Field(default=0, ge=0, lt=100)
 
 
 class ContaminationConfig(Strict):
