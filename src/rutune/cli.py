@@ -157,13 +157,14 @@ def _split_list(value: Optional[str]) -> Optional[list[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _add_eval_commands() -> None:
+def refresh_eval_commands() -> None:
+    """`rutune eval <suite>` for every registered suite (call again after registering one at run time)."""
     from rutune.cli_suites import add_suite_commands
 
     add_suite_commands(eval_app, guarded=guarded, fail=fail, progress=_progress_run)
 
 
-_add_eval_commands()
+refresh_eval_commands()
 
 
 # ---------------------------------------------------------------- pipeline, report, serve, demo

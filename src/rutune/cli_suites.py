@@ -140,5 +140,10 @@ def make_command(suite: Suite, *, guarded: Callable, fail: Callable[[str], None]
 
 def add_suite_commands(app: typer.Typer, *, guarded: Callable, fail: Callable[[str], None],
                        progress: Callable) -> None:
+    """One command per registered suite; idempotent, so a suite registered later (a plugin, a test) is added by
+    calling it again (`rutune.cli.refresh_eval_commands`)."""
+    present = {c.name for c in app.registered_commands}
     for suite in SUITES:
-        app.command(suite.name, help=suite.title)(make_command(suite, guarded=guarded, fail=fail, progress=progress))
+        if suite.name not in present:
+            app.command(suite.name, help=suite.title)(make_command(suite, guarded=guarded, fail=fail,
+                                                                   progress=progress))
