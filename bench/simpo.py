@@ -6,7 +6,7 @@ For each shape — `rag` (prompt 1–2k tokens, responses 50–200) and `chat` (
 same synthetic Russian pairs (same token ids: TRL tokenises the rendered prompt and `content<|im_end|>` replies, we
 use `templates.tokenize_pair`) train the same tiny model with the same effective batch, β, γ and learning rate:
 
-* `rutune`: `simpo.build_trainer` (our Trainer subclass, `batching: prefix_shared`),
+* `rutune`: `preference.build_trainer` (`RecipeTrainer` with the SimPO objective, `batching: prefix_shared`),
 * `trl`:    `trl.experimental.cpo.CPOTrainer(loss_type="simpo", cpo_alpha=0)`,
 * `bare`:   a plain torch loop (forward, SimPO loss, backward, clip, fused AdamW step — what the Trainer uses)
             on the same prefix-shared batches, collated outside the timer — the limit a Trainer-based recipe can
@@ -124,7 +124,8 @@ def worker_rutune(tok, model_dir, rows, batch, steps):
     from rutune.train.recipes.preference import PreferenceStage
     from rutune.train.preference import build_trainer
 
-    stage = SimpoStage(recipe="simpo", beta=BETA, gamma=GAMMA, batching="prefix_shared")
+    stage = PreferenceStage(recipe="preference", loss={"name": "simpo", "beta": BETA, "gamma": GAMMA},
+                            batching="prefix_shared")
     data = Dataset.from_list(_tokenized(tok, rows))
     clock = StepClock()
     args = TrainingArguments(**_args_common(tempfile.mkdtemp(), batch, steps))

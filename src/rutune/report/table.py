@@ -221,7 +221,7 @@ def substitution_notes(runs: list[Run]) -> list[str]:
                 parts = [k for k, v in extra.items() if isinstance(v, dict) and v.get("substituted")]
                 if extra.get("substituted") is True or parts:
                     found.add((suite.suite, ", ".join(parts) or "items"))
-    return [f"{suite}: bundled sample {what} stood in for the real set (results.json `substituted`)."
+    return [f"{suite}: bundled sample data ({what}) stood in for the real set (results.json `substituted`)."
             for suite, what in sorted(found)]
 
 
