@@ -46,10 +46,32 @@ def test_normalised_score():
 
 
 def test_normalised_score_with_lemmas():
-    pytest.importorskip("pymorphy3")
     assert normalised_score("На кухне.", ["кухня"], neg("кухня")) == 1.0
     assert normalised_score("в ванной", ["ванная"], neg("ванная")) == 1.0
     assert normalised_score("в спальне, потом в саду", ["спальня"], neg("спальня")) == pytest.approx(0.8)
+
+
+def test_lemmatised_metric_refuses_to_run_without_its_lemmatiser(monkeypatch, tmp_path):
+    """No silent fallback to unlemmatised words: lemmas asked for + pymorphy3 not importable = one EvalError line,
+    raised before any model is loaded; `lemmatise: false` still scores."""
+    import sys
+
+    from rutune.eval import babilong
+
+    babilong._morph.cache_clear()
+    monkeypatch.setitem(sys.modules, "pymorphy3", None)  # `import pymorphy3` now raises ImportError
+    try:
+        pattern = r"^eval.babilong.lemmatise: the lemmatiser .* cannot load \(ModuleNotFoundError"
+        with pytest.raises(EvalError, match=pattern) as e:
+            normalised_score("на кухне", ["кухня"], neg("кухня"))
+        assert "\n" not in str(e.value) and "lemmatise: false" in str(e.value)
+        assert normalised_score("Кухня!", ["кухня"], neg("кухня"), lemmatise=False) == 1.0
+        with pytest.raises(EvalError, match="cannot load"):
+            run_babilong(BabilongConfig(tasks=["qa1"], lengths=["256"], samples_per_length=1), BackendConfig(),
+                         str(tmp_path / "no-model-needed"), tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    finally:
+        babilong._morph.cache_clear()
 
 
 def row(task, length, score, i, norm=None):

@@ -3,8 +3,10 @@
 Metric `score` is LIBRA's containment ("em"): 1 if any positive output occurs in the answer as a raw
 substring, minus 1/len(negatives) per negative output found (0 when all are found, never below 0).
 `score_norm` applies the same rule after normalising both sides — lowercase, ё→е, punctuation removed,
-pymorphy3 lemmas when installed — and matches whole words, so "рассада" no longer counts for "сад" and,
-with lemmas, "на кухне" counts for "кухня".
+pymorphy3 lemmas (`lemmatise: true`, the default) — and matches whole words, so "рассада" no longer counts for
+"сад" and, with lemmas, "на кухне" counts for "кухня". pymorphy3 and its Russian dictionary are core dependencies:
+when lemmas are asked for and they cannot load, the run stops with one EvalError line instead of quietly scoring
+without lemmas (a `score_norm` that silently changes meaning between machines would not compare).
 
 Aggregation follows LIBRA: mean per (task, length); a task's total is the mean over its configured lengths,
 where a length with no scored item counts as 0 and is listed under `missing_lengths`; `total` is the mean
@@ -59,22 +61,29 @@ def libra_score(prediction: str, positives: list[str], negatives: list[str],
 
 @lru_cache(maxsize=1)
 def _morph():
+    """The pymorphy3 analyser (loaded once); an EvalError line when the package or its dictionary cannot load."""
     try:
         import pymorphy3
-    except ImportError:
-        return None
-    return pymorphy3.MorphAnalyzer()
+
+        return pymorphy3.MorphAnalyzer()
+    except Exception as e:  # ImportError, a missing or broken dictionary package: one line, never a silent fallback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise EvalError(f"eval.babilong.lemmatise: the lemmatiser (pymorphy3 with pymorphy3-dicts-ru) cannot load "
+                        f"({type(e).__name__}{': ' + first if first else ''}); reinstall rutune's dependencies or "
+                        "set lemmatise: false") from None
 
 
 def lemmatiser_name() -> str:
-    return "pymorphy3" if _morph() is not None else "none"
+    """The lemmatiser that lemmatised scoring uses (loading it, so a missing one fails before any generation)."""
+    _morph()
+    return "pymorphy3"
 
 
 def normalise(text: str, *, lemmatise: bool = True) -> list[str]:
-    """Lowercase, ё→е, keep letter/digit runs, optionally lemmatise each word (pymorphy3 when installed)."""
+    """Lowercase, ё→е, keep letter/digit runs, and with `lemmatise` replace each word by its pymorphy3 lemma."""
     words = re.findall(r"[0-9a-zа-яё]+", text.lower())
-    morph = _morph() if lemmatise else None
-    if morph is not None:
+    if lemmatise:
+        morph = _morph()
         words = [morph.parse(w)[0].normal_form for w in words]
     return [w.replace("ё", "е") for w in words]
 
@@ -330,6 +339,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
     for task in cfg.tasks:
         if task not in templates:
             raise EvalError(f"eval.babilong.task_file: {template_source} has no instruction for {TASK_CONFIG[task]}")
+    lemmatiser = lemmatiser_name() if cfg.lemmatise else "none"  # before the model loads: refuse early
     if backend is None:
         from rutune.eval.backends import make_backend
 
@@ -340,7 +350,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
                    "revision": revision, "templates": {t: templates[t] for t in cfg.tasks}, "seed": seed,
                    "max_new_tokens": cfg.max_new_tokens, "overlength": cfg.overlength,
                    "window": getattr(backend, "max_length", None),
-                   "lemmatiser": lemmatiser_name() if cfg.lemmatise else "none"}
+                   "lemmatiser": lemmatiser}
     log = ItemsLog(out_dir, fingerprint)
     todo = [it for it in items if it[0] not in log.done]
     chunk = max(1, getattr(backend, "batch_size", 8)) * 2
@@ -359,7 +369,7 @@ def run_babilong(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: i
                                       seed=seed)
     extra.update({"source": cfg.source, "revision": revision, "templates": template_source,
                   "lengths": list(cfg.lengths), "overlength": cfg.overlength, "max_new_tokens": cfg.max_new_tokens,
-                  "lemmatiser": lemmatiser_name() if cfg.lemmatise else "none", "window": getattr(backend, "max_length", None),
+                  "lemmatiser": lemmatiser, "window": getattr(backend, "max_length", None),
                   "unit": "fraction"})
     results = {"suite": "babilong", "model": model_label or Path(str(model_path)).name,
                "model_path": str(model_path), "metrics": metrics, "extra": extra}

@@ -17,7 +17,10 @@ share one forward pass (see `backend_hf`); other backends answer the same four r
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -27,13 +30,16 @@ import numpy as np
 from rutune.eval.backends import render_chat
 from rutune.eval.errors import EvalError
 from rutune.items import ItemsLog
-from rutune.eval.mmlu_data import CATEGORIES, CATEGORY, LETTERS, Question, hub_revision, load_questions
+from rutune.eval.mmlu_data import (CATEGORIES, CATEGORY, LETTERS, MERA_HUB, MMLU_RU_HUB, Question, hub_revision,
+                                    load_questions)
 from rutune.stats import metric_entry, stratified_bootstrap_ci
 
 MMLU_RU_HEADER = "Ниже приведены вопросы с множественным выбором (с ответами) по {subject}.\n\n"
 TARGET_DELIMITER = " "
 SHOT_DELIMITER = "\n\n"
 POOL_SPLIT = {"mera": "train", "mmlu_ru": "dev"}
+SUBMISSION_DIR = "submission"  # <out>/submission/ruMMLU.json, zipped to <out>/submission.zip (MERA's packer layout)
+SUBMISSION_FILE = "ruMMLU.json"  # MERA names each task's file after its task class
 
 
 def _bare_mera(q: Question) -> str:
@@ -158,6 +164,45 @@ def mmlu_metrics(rows: list[dict], *, rounds: int = 1000, seed: int = 0) -> tupl
     return metrics, extra
 
 
+def data_label(cfg) -> str:
+    """Which data a score is on, short enough for a report header: "MERA train", "mmlu_ru test", a file name."""
+    if cfg.path is None:
+        return "bundled sample"
+    name = {MERA_HUB[0]: "MERA", MMLU_RU_HUB: "mmlu_ru"}.get(cfg.path, Path(cfg.path).name)
+    return name if Path(cfg.path).expanduser().is_file() else f"{name} {cfg.split}"
+
+
+def submission_wanted(cfg, questions: list[Question]) -> bool:
+    """`always`, or `auto` on a split without any gold answer (MERA's closed test); never for mmlu_ru rows."""
+    if cfg.submission == "never" or cfg.format != "mera":
+        return False
+    return cfg.submission == "always" or all(q.gold is None for q in questions)
+
+
+def write_submission(out_dir: str | Path, rows: list[dict], questions: list[Question]) -> Path:
+    """MERA's upload for ruMMLU: `submission/ruMMLU.json` = {"data": {"test": [{"outputs": letter, "meta": {"id":
+    meta.id}}, …]}} in item order, and the folder's files zipped at the archive root to `submission.zip`."""
+    from rutune.rundir import write_text_atomic
+
+    meta = {q.id: q.meta_id for q in questions}
+
+    def as_id(value):
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    entries = [{"outputs": r["pred"], "meta": {"id": as_id(meta[r["id"]])}} for r in rows]
+    folder = Path(out_dir) / SUBMISSION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / SUBMISSION_FILE,
+                      json.dumps({"data": {"test": entries}}, ensure_ascii=False, indent=4) + "\n")
+    archive = Path(out_dir) / f"{SUBMISSION_DIR}.zip"
+    partial = archive.with_name(archive.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(p for p in folder.iterdir() if p.is_file()):
+            zf.write(file, file.name)
+    os.replace(partial, archive)
+    return archive
+
+
 def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int = 0, *, backend=None,
              model_label: str | None = None, chunk_questions: int = 64, rounds: int = 1000,
              progress: Callable[[int, int], None] | None = None) -> dict:
@@ -195,8 +240,20 @@ def run_mmlu(cfg, backend_cfg, model_path: str, out_dir: str | Path, seed: int =
             progress(min(start + chunk_questions, len(todo)), len(todo))
     rows = log.ordered([q.id for q in questions])
     metrics, extra = mmlu_metrics(rows, rounds=rounds, seed=seed)
+    label = data_label(cfg)
     extra.update({"format": cfg.format, "shots": cfg.shots, "source": cfg.path or "bundled:rummlu_mera.jsonl",
-                  "revision": revision, "split": cfg.split, "chat_template": cfg.chat_template})
+                  "revision": revision, "split": cfg.split, "data": label, "chat_template": cfg.chat_template,
+                  "warnings": []})
+    if submission_wanted(cfg, questions):
+        archive = write_submission(out_dir, rows, questions)
+        extra["submission"] = {"file": str(Path(out_dir) / SUBMISSION_DIR / SUBMISSION_FILE), "zip": str(archive),
+                               "n": len(rows), "complete": len(questions) == len(loaded)}
+        if len(questions) != len(loaded):
+            extra["warnings"].append(f"the MERA submission holds {len(questions)} of the {len(loaded)} questions "
+                                     "(limit/domains): MERA expects every test question")
+    if metrics["accuracy"]["n_valid"] == 0:
+        where = f"; predictions packed for MERA in {extra['submission']['zip']}" if "submission" in extra else ""
+        extra["warnings"].append(f"{label} has no gold answers (a closed test): no accuracy{where}")
     results = {"suite": "mmlu", "model": model_label or Path(str(model_path)).name, "model_path": str(model_path),
                "metrics": metrics, "extra": extra}
     write_json_atomic(Path(out_dir) / "results.json", results)

@@ -90,6 +90,7 @@ class Question:
     gold: str | None  # "A".."D"; None on a closed test
     subject: str  # the Russian subject text the prompt names
     instruction: str | None = None  # MERA's per-item template
+    meta_id: Any = None  # MERA's `meta.id` as in the row (the id a MERA submission answers under)
 
 
 def _gold_letter(value: Any, where: str) -> str | None:
@@ -126,7 +127,7 @@ def parse_mera_row(row: dict, where: str) -> Question:
     instruction = row.get("instruction") or None
     return Question(id=f"rummlu-{meta['id']}", domain=domain, question=text, options=tuple(options),  # type: ignore
                     gold=_gold_letter(row.get("outputs"), where), subject=str(inputs.get("subject") or ""),
-                    instruction=instruction)
+                    instruction=instruction, meta_id=meta["id"])
 
 
 def parse_mmlu_ru_row(row: dict, subject: str, index: int, split: str, where: str) -> Question:

@@ -26,7 +26,7 @@ class BabilongConfig(Strict):
     max_new_tokens: PositiveInt = 16
     task_file: str | None = None  # null = rutune's own instructions; LIBRA's datasets_config.json is accepted
     overlength: Literal["skip", "middle_truncate"] = "skip"
-    lemmatise: bool = True  # score_norm uses pymorphy3 lemmas when it is installed (extra `lemma`)
+    lemmatise: bool = True  # score_norm on pymorphy3 lemmas; a lemmatiser that cannot load is an error, not a fallback
 
     @field_validator("lengths")
     @classmethod
