@@ -56,7 +56,7 @@ def test_mask_dtype_and_dispatch():
     b = collate_preference(PAIRS, batching="prefix_shared", pad_id=PAD, mask_dtype=torch.bfloat16)
     assert b["attention_mask"].dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown preference batching"):
-        collate_preference(PAIRS, batching="packed", pad_id=PAD)
+        collate_preference(PAIRS, batching="bogus", pad_id=PAD)
     with pytest.raises(ValueError, match="at least one token"):
         collate_prefix_shared([{"prompt_ids": [1], "chosen_ids": [], "rejected_ids": [2]}], pad_id=PAD)
 

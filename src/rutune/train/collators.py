@@ -178,12 +178,14 @@ def collate_concat(pairs: Sequence, *, pad_id: int) -> dict:
 
 
 def collate_preference(pairs: Sequence, *, batching: str, pad_id: int, mask_dtype: torch.dtype = torch.float32) -> dict:
-    """Dispatch on `batching` (`prefix_shared` | `concat`), the SimPO stage's config key."""
+    """Dispatch on `batching` (`prefix_shared` | `concat` | `packed`), the preference stage's config key."""
     if batching == "prefix_shared":
         return collate_prefix_shared(pairs, pad_id=pad_id, mask_dtype=mask_dtype)
     if batching == "concat":
         return collate_concat(pairs, pad_id=pad_id)
-    raise ValueError(f"unknown preference batching {batching!r}; expected prefix_shared or concat")
+    if batching == "packed":
+        return collate_packed_pairs(pairs, pad_id=pad_id)
+    raise ValueError(f"unknown preference batching {batching!r}; expected prefix_shared, concat or packed")
 
 
 # ---- Preference section: padding-free multi-pair rows ----

@@ -14,7 +14,12 @@ run (`train/_cache/`), keyed by data, tokenizer + template and the length policy
 
 Batches (`batching`): `prefix_shared` (default) puts prompt, chosen and rejected in one row with a 4D mask, so the
 prompt is computed once and the LM head runs on response positions only (`collators.collate_prefix_shared`);
-`concat` is the plain chosen-rows-then-rejected-rows batch TRL uses. Both give the same loss and gradients.
+`concat` is the plain chosen-rows-then-rejected-rows batch TRL uses; `packed` puts all pairs of a micro-batch in one
+unpadded row (`collators.collate_packed_pairs`, attention forced to `attention.PAIR_PACKED`). All three give the same
+loss and gradients. The step (`pref_batch.forward_logps`) adds ORPO's prompt targets when the objective asks.
+
+Reference objectives (DPO family): before training, `reference.attach_reference` computes every pair's reference
+sums once (no grad, cached on disk) and adds them to the dataset as columns, which the collator carries to the step.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from pathlib import Path
 from rutune.rundir import RunDir
 from rutune.train.errors import TrainError
 
-FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids")
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
 
@@ -100,27 +104,19 @@ def _describe(counts: dict) -> str:
 
 
 # ---------------------------------------------------------------- trainer
-def preference_step_loss(trainer, model, inputs, *, objective, loss_cfg, return_outputs: bool = False,
-                         num_items_in_batch=None):
-    """One micro-batch: forward on the preference batch, the objective's loss, per-pair metrics recorded for the
-    log."""
-    import torch
-
-    from rutune.train.losses import sequence_logps
+def preference_step_loss(trainer, model, inputs, *, objective, loss_cfg, batching: str = "prefix_shared",
+                         return_outputs: bool = False, num_items_in_batch=None):
+    """One micro-batch: forward on the preference batch (`pref_batch.forward_logps`), the objective's loss on the
+    per-pair sums (+ the cached reference sums, + the prompt sums for ORPO), per-pair metrics recorded for the log."""
     from rutune.train.objectives import PairLogps
+    from rutune.train.pref_batch import forward_logps
 
-    forward = {k: inputs[k] for k in FORWARD_KEYS}
-    mask = forward["attention_mask"]
-    if mask.is_floating_point():
-        device = mask.device.type
-        if torch.is_autocast_enabled(device):  # SDPA wants the mask in the attention's (autocast) dtype
-            dtype = torch.get_autocast_dtype(device)
-            forward["attention_mask"] = mask.to(dtype).clamp_min(torch.finfo(dtype).min)
-    outputs = model(**forward, use_cache=False, logits_to_keep=inputs["logits_to_keep"])
+    outputs, lp = forward_logps(model, inputs, batching, with_prompt=objective.needs_prompt)
     n = int(inputs["num_pairs"])
-    lp = sequence_logps(outputs.logits, inputs["target_ids"], segment_ids=inputs["target_segment"],
-                        num_segments=2 * n)
-    out = objective.loss(PairLogps(lp.sum[:n], lp.count[:n], lp.sum[n:], lp.count[n:]), loss_cfg)
+    pairs = PairLogps(lp.sum[:n], lp.count[:n], lp.sum[n:2 * n], lp.count[n:2 * n],
+                      inputs.get("ref_chosen"), inputs.get("ref_rejected"),
+                      *((lp.sum[2 * n:], lp.count[2 * n:]) if objective.needs_prompt else ()))
+    out = objective.loss(pairs, loss_cfg)
     margin = out.rewards_chosen - out.rewards_rejected
     record = trainer.record_metric
     record("rewards/chosen", out.rewards_chosen.mean())
@@ -132,9 +128,11 @@ def preference_step_loss(trainer, model, inputs, *, objective, loss_cfg, return_
             record(name.replace("_", "/", 1), getattr(out, name).mean())
     if hasattr(out, "nll"):
         record("nll/chosen", out.nll)
+    for name, value in (getattr(out, "extra", None) or {}).items():  # pref_losses' objective-specific metrics
+        record(f"extra/{name}", value.float().mean())
     record("length/chosen", lp.count[:n].float().mean())
-    record("length/rejected", lp.count[n:].float().mean())
-    record("trained_tokens", lp.count.sum())
+    record("length/rejected", lp.count[n:2 * n].float().mean())
+    record("trained_tokens", lp.count[:2 * n].sum())
     record("input_tokens", inputs["input_ids"].numel())
     return (out.loss, outputs) if return_outputs else out.loss
 
@@ -145,24 +143,39 @@ def mask_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
+def stage_collator(stage, tokenizer, args, *, with_prompt: bool = False):
+    """The stage's collator (`pref_batch.collate_pairs`) for its batching and precision."""
+    from rutune.train.pref_batch import collate_pairs
+
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return functools.partial(collate_pairs, batching=stage.batching, pad_id=tokenizer.pad_token_id,
+                             mask_dtype=mask_dtype(precision), with_prompt=with_prompt)
+
+
 def build_trainer(model, tokenizer, dataset, args, stage, *, callbacks=()):
-    """The preference Trainer over a tokenised pair dataset (columns prompt_ids, chosen_ids, rejected_ids):
-    `RecipeTrainer` with `preference_step_loss` for the stage's objective."""
-    from rutune.train.collators import collate_preference
+    """The preference Trainer over a tokenised pair dataset (columns prompt_ids, chosen_ids, rejected_ids, and
+    ref_chosen / ref_rejected for reference objectives): `RecipeTrainer` with `preference_step_loss`."""
     from rutune.train.objectives import OBJECTIVES
     from rutune.train.trainer import RecipeTrainer
 
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    collator = functools.partial(collate_preference, batching=stage.batching, pad_id=tokenizer.pad_token_id,
-                                 mask_dtype=mask_dtype(precision))
-    step = functools.partial(preference_step_loss, objective=OBJECTIVES.get(stage.loss.name), loss_cfg=stage.loss)
+    objective = OBJECTIVES.get(stage.loss.name)
+    if objective.needs_reference and "ref_chosen" not in dataset.column_names:
+        raise TrainError(f"objective {objective.name} needs reference log-probs; none were attached")
+    collator = stage_collator(stage, tokenizer, args, with_prompt=objective.needs_prompt)
+    step = functools.partial(preference_step_loss, objective=objective, loss_cfg=stage.loss, batching=stage.batching)
     return RecipeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=list(callbacks), step_loss=step)
 
 
 def choose_attention(model_cfg, batching: str) -> str | None:
-    """Prefix-shared batches need an attention that takes a 4D float mask: SDPA (default) or eager."""
+    """Prefix-shared batches need an attention that takes a 4D float mask: SDPA (default) or eager. Packed batches
+    get `attention.PAIR_PACKED` whatever is configured (sdpa/eager would silently mis-attend the rejected branch;
+    `PAIR_PACKED_VARLEN`, the CUDA flash kernel, is kept when configured)."""
     configured = model_cfg.attn_implementation if model_cfg is not None else None
+    if batching == "packed":
+        from rutune.attention import PAIR_PACKED, PAIR_PACKED_VARLEN  # importing registers them
+
+        return PAIR_PACKED_VARLEN if configured == PAIR_PACKED_VARLEN else PAIR_PACKED
     if batching == "prefix_shared" and configured not in (None, "sdpa", "eager"):
         raise TrainError(f"base_model.attn_implementation: {configured!r} cannot take the prefix-shared 4D mask; "
                          "use sdpa or eager, or set the preference stage's batching: concat")
@@ -175,6 +188,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     checkpoint."""
     from rutune.train.checkpoints import train_resumable
     from rutune.train.model_setup import apply_lora, load_stage_model
+    from rutune.train.objectives import OBJECTIVES
     from rutune.train.outputs import finish_stage, read_metrics, stage_meta
     from rutune.train.stage_io import StagePaths, init_source, load_stage_tokenizer
     from rutune.train.trainer import stage_callbacks, training_arguments
@@ -197,6 +211,12 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     if stage.lora is not None:
         model = apply_lora(model, stage.lora, seed=cfg.seed)
     args = training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
+    reference = None
+    if OBJECTIVES.get(stage.loss.name).needs_reference:
+        from rutune.train.reference import attach_reference
+
+        dataset, reference = attach_reference(cfg, stage, model, dataset, stage_collator(stage, tokenizer, args),
+                                              args, init_path=init_path, attn=attn)
     trainer = build_trainer(model, tokenizer, dataset, args, stage,
                             callbacks=stage_callbacks(paths, show_progress=show_progress,
                                                       label=f"{stage.loss.name} {stage.name}",
@@ -207,6 +227,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     meta = stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=data_hash, extra={
         "recipe": "preference",
         "objective": {**stage.loss.model_dump(mode="json"), "batching": stage.batching},
+        "reference": reference,
         "data_rows": counts,
         "train": {"global_steps": result.global_step, "mean_loss": result.training_loss,
                   "first_loss": metrics[0]["loss"] if metrics else None, "last_loss": last.get("loss"),

@@ -36,7 +36,7 @@ def stage_input_hash(cfg, stage, run: RunDir) -> str:
     if stage.init_from != "base":
         prev = read_manifest(run.train(stage.init_from)) or {}
         upstream.append(f"stage:{stage.init_from}:{prev.get('input_hash', 'missing')}")
-    return stage_identity(config_slice, upstream=upstream)
+    return stage_identity(config_slice, upstream=upstream + list(recipe.inputs(cfg, stage)))
 
 
 def _reset_if_stale(stage_dir: Path, expected_hash: str, force: bool) -> None:

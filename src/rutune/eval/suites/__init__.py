@@ -64,6 +64,18 @@ def file_inputs(*paths: str | Path | None) -> list[str]:
     return [file_fingerprint(p) for p in paths if p]
 
 
+def prepared_file(given: str | None, run_dir: RunDir | None, file_name: str, *, option: str, what: str) -> Path:
+    """A suite's data file: the path the config gives, else the experiment's `prepare/<file_name>`; outside an
+    experiment (`rutune eval`) without a path, an EvalError naming the option to pass."""
+    from rutune.eval.errors import EvalError
+
+    if given:
+        return Path(given).expanduser()
+    if run_dir is None:
+        raise EvalError(f"give {option} FILE ({what})")
+    return run_dir.prepare / file_name
+
+
 def run_suite(suite: Suite, request: EvalRequest) -> dict:
     """Run one suite for one model; a failure before any item was written leaves no output folder behind.
 
@@ -82,4 +94,4 @@ def _has_items(folder: Path) -> bool:
     return any(p.stat().st_size > 0 for p in folder.glob("*.jsonl") if p.is_file())
 
 
-__all__ = ["EvalRequest", "SUITES", "Suite", "file_inputs", "run_suite"]
+__all__ = ["EvalRequest", "SUITES", "Suite", "file_inputs", "prepared_file", "run_suite"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rutune.eval.errors import EvalError
-from rutune.eval.suites import EvalRequest, Suite, file_inputs
+from rutune.eval.suites import EvalRequest, Suite, file_inputs, prepared_file
 from rutune.results import annotate, display
 from rutune.schema import NonNegativeInt, PositiveInt, Strict
 
@@ -27,11 +27,8 @@ class NllConfig(Strict):
 
 
 def holdout_path(cfg: NllConfig, run_dir) -> Path:
-    if cfg.holdout:
-        return Path(cfg.holdout).expanduser()
-    if run_dir is None:
-        raise EvalError("eval nll: give --holdout PARQUET (held-out rows with a `messages` column)")
-    return run_dir.prepare / "sft_holdout.parquet"
+    return prepared_file(cfg.holdout, run_dir, "sft_holdout.parquet", option="--holdout",
+                         what="a parquet of held-out rows with a `messages` column")
 
 
 def run(req: EvalRequest) -> dict:

@@ -3,8 +3,9 @@
 A recipe declares, once: its name (the `recipe:` tag of a `train.stages` entry), its stage config model (an
 `OptimConfig` subclass whose `recipe` field is `Literal[<name>]`), the prepared data block it trains on
 (`sft`, `preference`, or None for a recipe that brings its own data), its run function
-`run(cfg, stage, run_dir, *, show_progress) -> checkpoint folder`, and a `check(cfg, stage, run_dir)` that
-rejects missing inputs before the stage's folder is created. The config union, `init_from`/data-link checks,
+`run(cfg, stage, run_dir, *, show_progress) -> checkpoint folder`, a `check(cfg, stage, run_dir)` that
+rejects missing inputs before the stage's folder is created, and `inputs(cfg, stage)`: what else the stage reads
+(a named reference model's weights) beyond the common identity parts. The config union, `init_from`/data-link checks,
 stage dispatch, `--force` help and the train manifest (which the report reads for its labels) derive from
 `RECIPES`; the loss maths stays pure in `rutune.train.losses`.
 
@@ -29,6 +30,7 @@ class Recipe:
     run: Callable[..., Path]
     title: str
     check: Callable[[Any, Any, Any], None] = lambda cfg, stage, run_dir: None
+    inputs: Callable[[Any, Any], list[str]] = lambda cfg, stage: []  # identity parts beyond the common ones
     order: int = 100
 
 
