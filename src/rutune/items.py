@@ -56,13 +56,73 @@ def truncate_torn_tail(path: str | os.PathLike) -> None:
             f.truncate(end)
 
 
+def _lines(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, default=float) + "\n" for row in rows)
+
+
 def append_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Append JSON rows, one per line, and have them on disk (fsync) before returning."""
     with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
+        f.write(_lines(rows))
         f.flush()
         os.fsync(f.fileno())
+
+
+class AppendLog:
+    """An append log kept open for many small appends: each append reaches the OS at once, fsync is batched.
+
+    Why two levels: a killed process loses nothing the OS already has, so every `append` is written and flushed
+    before it returns (a SIGKILL loses no appended row). Only a power loss or kernel crash can lose rows the disk
+    has not yet got; for those an fsync per row costs a disk round trip each (it capped the judge at 0.75 of its
+    bound), so the log syncs at most every `sync_interval_s` seconds or `sync_every` rows, whichever comes first,
+    and on `sync()` / `close()` (and leaving a `with` block). Worst case on power loss: the last interval's rows,
+    which a rerun redoes. A torn last line is the reader's business (`read_items`, `truncate_torn_tail`).
+    """
+
+    def __init__(self, path: str | os.PathLike, sync_interval_s: float = 1.0, sync_every: int = 256,
+                 clock=None):
+        import time
+
+        self.path = Path(path)
+        self.sync_interval_s = sync_interval_s
+        self.sync_every = sync_every
+        self._clock = clock or time.monotonic
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._pending = 0
+        self._last_sync = self._clock()
+        self.syncs = 0
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Write and flush `rows` to the OS now; fsync when the interval or the row count is reached."""
+        rows = list(rows)
+        if not rows:
+            return
+        self._f.write(_lines(rows))
+        self._f.flush()
+        self._pending += len(rows)
+        if self._pending >= self.sync_every or self._clock() - self._last_sync >= self.sync_interval_s:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was appended (no-op when nothing is pending)."""
+        if self._pending and not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self.syncs += 1
+        self._pending = 0
+        self._last_sync = self._clock()
+
+    def close(self) -> None:
+        """Sync the rest and close (idempotent)."""
+        if not self._f.closed:
+            self.sync()
+            self._f.close()
+
+    def __enter__(self) -> "AppendLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class ItemsLog:

@@ -5,6 +5,7 @@ Output folder (`<run>/eval/arena/<model>/`, see docs/results-format.md and docs/
 - `answers.jsonl` — the model's answers in the ru_llm_arena answer format, appended per batch (resumable);
 - `judgments.jsonl` — the judge cache: one record per finished game (see `rutune.eval.judge_client`);
 - `items.jsonl` — one row per game (`id` = `<question_id>-g<game>`), written at the end;
+- `lengths.jsonl` — per answered question of this run: characters, cl100k tokens, model tokens;
 - `results.json` — win rate vs the baseline on a 0–1 scale with its 95% CI, both length-controlled variants,
   average answer length with its unit, the judge's identity (never its key), the prompt hash and every count.
 
@@ -22,6 +23,8 @@ from rutune.eval.backend_base import BackendConfig
 from rutune.eval import arena_data
 from rutune.eval.arena_data import Answer, Question
 from rutune.eval.arena_scoring import average_length, position_consistency, score_model
+from rutune.eval.arena_style import style_controlled_win_rate, style_from_answers
+from rutune.eval.judge_reliability import judge_reliability, reliability_warnings
 from rutune.eval.errors import EvalError
 from rutune.items import append_rows, read_items, truncate_torn_tail
 from rutune.eval.judge import NO_JUDGE_FIX, JudgeProfile, profile_prompt, resolve_judge
@@ -29,6 +32,7 @@ from rutune.eval.judge_client import CACHE_FILE, count_statuses, judge_games, ma
 from rutune.rundir import stable_hash, write_json_atomic, write_text_atomic
 
 ANSWERS_FILE = "answers.jsonl"
+LENGTHS_FILE = "lengths.jsonl"
 
 
 def _progress(total: int, description: str, enabled: bool):
@@ -111,8 +115,12 @@ def _unavailable(reason: str, n_total: int) -> dict:
 
 
 def score_answers(questions: list[Question], model: dict[str, Answer], baseline: dict[str, Answer],
-                  records: list[dict] | None, cfg, seed: int, no_judge_reason: str = NO_JUDGE_FIX) -> dict:
-    """The `metrics` block of results.json from answers and (optionally) judge records."""
+                  records: list[dict] | None, cfg, seed: int,
+                  no_judge_reason: str = NO_JUDGE_FIX) -> tuple[dict, dict]:
+    """(`metrics`, judge part of `extra`) of results.json from answers and (optionally) judge records.
+
+    The extra part: the style fit's coefficients and settings (`style`), the judge-reliability report
+    (`reliability`) with its thresholds, and `warnings` (lines the report prints under its table)."""
     unit = length_unit(model, baseline)
     n_total = 2 * len(questions)
     model_tokens = {q: a.model_token_len for q, a in model.items() if a.model_token_len is not None}
@@ -126,15 +134,59 @@ def score_answers(questions: list[Question], model: dict[str, Answer], baseline:
                       "n_valid": len(model), "n_total": len(questions), "item_key": None},
     }
     if records is None:
-        for name in ("win_rate", "win_rate_lc", "win_rate_lc_alpaca"):
+        for name in ("win_rate", "win_rate_lc", "win_rate_lc_alpaca", "win_rate_style", "swap_agreement"):
             metrics[name] = _unavailable(no_judge_reason, n_total)
-        return metrics
+        return metrics, {}
     metrics.update(score_model(records, _lengths(model, unit), _lengths(baseline, unit), _lengths(model, "chars"),
                                _lengths(baseline, "chars"), rounds=cfg.bootstrap_rounds, seed=seed,
                                strong_weight=cfg.strong_weight, unit=cfg.bootstrap_unit))
     metrics["win_rate_lc"]["length_unit"] = unit
     metrics["win_rate_lc_alpaca"]["length_unit"] = "chars"
-    return metrics
+    style = style_score(records, model, baseline, unit, cfg, seed)
+    metrics["win_rate_style"] = {k: style[k] for k in ("value", "ci_low", "ci_high", "n_valid", "n_total",
+                                                       "item_key", "median", "n_no_style", "reference")}
+    metrics["win_rate_style"]["length_unit"] = unit
+    rel = reliability(records, model, baseline, unit, cfg, seed)
+    metrics["swap_agreement"] = rel["metric"]
+    extra = {"style": {k: v for k, v in style.items() if k not in metrics["win_rate_style"] or k == "reference"},
+             "reliability": rel["report"], "reliability_thresholds": rel["thresholds"],
+             "warnings": rel["warnings"]}  # each line names the judge; the report adds the row and suite
+    return metrics, extra
+
+
+def style_score(records: list[dict], model: dict[str, Answer], baseline: dict[str, Answer], unit: str, cfg,
+                seed: int) -> dict:
+    """Style-controlled win rate of one model vs the baseline (`arena_style.style_controlled_win_rate`).
+
+    Style counts come from the answer texts both sides already have, lengths in the arena's `unit` (cl100k tokens
+    when every answer has them, else characters). With a single model the "mean" reference is that model's own
+    average style difference, which keeps most of a length advantage; the suite's default "equal" asks how the
+    model fares when both answers have the same style (docs/arena-style.md).
+    """
+    style_model = style_from_answers({q: a.content for q, a in model.items()}, _lengths(model, unit))
+    style_base = style_from_answers({q: a.content for q, a in baseline.items()}, _lengths(baseline, unit))
+    return style_controlled_win_rate(records, style_model, style_base, control=tuple(cfg.style_control),
+                                     reference=cfg.style_reference, rounds=cfg.bootstrap_rounds, seed=seed,
+                                     unit=cfg.bootstrap_unit, strong_weight=cfg.strong_weight)
+
+
+def reliability(records: list[dict], model: dict[str, Answer], baseline: dict[str, Answer], unit: str, cfg,
+                seed: int) -> dict:
+    """Judge-reliability figures on this model's games (`judge_reliability`), its warnings and thresholds.
+
+    Returns `{"report", "metric", "warnings", "thresholds"}`; `metric` is swap agreement as a results.json metric
+    (value with its bootstrap CI over questions; n_valid = question pairs with both games valid).
+    """
+    report = judge_reliability(records, _lengths(model, unit), _lengths(baseline, unit),
+                               rounds=cfg.bootstrap_rounds, seed=seed)
+    report["length"]["unit"] = unit
+    sa = report["swap_agreement"]
+    metric = {"value": sa["value"], "ci_low": sa["ci_low"], "ci_high": sa["ci_high"], "n_valid": sa["n"],
+              "n_total": len({r["question_id"] for r in records}), "item_key": None}
+    warnings = reliability_warnings(report, cfg.min_swap_agreement, cfg.max_first_position_skew)
+    return {"report": report, "metric": metric, "warnings": warnings,
+            "thresholds": {"min_swap_agreement": cfg.min_swap_agreement,
+                           "max_first_position_skew": cfg.max_first_position_skew}}
 
 
 def _item_rows(records: list[dict], model: dict[str, Answer]) -> list[dict]:
@@ -162,7 +214,7 @@ def run_arena(cfg, backend_cfg: BackendConfig | None, model_path: str | None, mo
     out_dir.mkdir(parents=True, exist_ok=True)
     backend_cfg = backend_cfg or BackendConfig()
     questions = arena_data.load_questions(cfg.questions, cfg.revision, cfg.limit)
-    baseline_path = Path(cfg.baseline) if cfg.baseline else arena_data.default_baseline()
+    baseline_path = cfg.baseline or arena_data.default_baseline()  # a str stays a str: a URL is not a Path
     baseline = arena_data.load_answers(baseline_path)
     missing = [q.question_id for q in questions if q.question_id not in baseline]
     if missing:
@@ -210,7 +262,11 @@ def run_arena(cfg, backend_cfg: BackendConfig | None, model_path: str | None, mo
         write_text_atomic(out_dir / "items.jsonl", "".join(
             json.dumps(r, ensure_ascii=False) + "\n" for r in _item_rows(records, model)))
 
-    metrics = score_answers(questions, model, baseline, records, cfg, seed)
+    metrics, judged = score_answers(questions, model, baseline, records, cfg, seed)
+    write_text_atomic(out_dir / LENGTHS_FILE, "".join(json.dumps(
+        {"id": q.question_id, "chars": len(a.content), "cl100k": a.token_len if a.token_len_unit == "cl100k" else None,
+         "model_tokens": a.model_token_len}) + "\n" for q in questions if (a := model.get(q.question_id))))
+    unit = length_unit(model, baseline)
     counts = {"questions": len(questions), "answers": len(model), "games": 2 * len(questions)}
     if records is not None:
         counts.update(count_statuses(records))
@@ -230,7 +286,7 @@ def run_arena(cfg, backend_cfg: BackendConfig | None, model_path: str | None, mo
             "judge_configured": profile is not None,
             "prompt_hash": prompt.hash if prompt else None,
             "prompt_source": prompt.source if prompt else None,
-            "length_unit": length_unit(model, baseline),
+            "length_unit": unit,
             "bootstrap": {"rounds": cfg.bootstrap_rounds, "unit": cfg.bootstrap_unit, "seed": seed,
                           "level": 0.95},
             "strong_weight": cfg.strong_weight,
@@ -238,6 +294,7 @@ def run_arena(cfg, backend_cfg: BackendConfig | None, model_path: str | None, mo
                            "system_prompt": cfg.system_prompt, "backend": backend_cfg.kind,
                            "answers_file": str(cfg.answers) if cfg.answers else str(out_dir / ANSWERS_FILE)},
             "counts": counts,
+            **judged,
         },
     }
     write_json_atomic(out_dir / "results.json", results)
@@ -255,6 +312,8 @@ def summary_line(results: dict) -> str:
     if wr["value"] is None:
         return f"{results['model']}: no valid judgments ({wr['n_valid']}/{wr['n_total']}), {size}"
     lc = m["win_rate_lc"]["value"]
-    return (f"{results['model']}: win rate vs baseline {wr['value']:.3f} (95% CI {wr['ci_low']:.3f}–"
+    sc = (m.get("win_rate_style") or {}).get("value")
+    line = (f"{results['model']}: win rate vs baseline {wr['value']:.3f} (95% CI {wr['ci_low']:.3f}–"
             f"{wr['ci_high']:.3f}; {wr['n_valid']}/{wr['n_total']} valid games), length-controlled "
-            f"{lc:.3f}, {size}")
+            f"{lc:.3f}" + (f", style-controlled {sc:.3f}" if sc is not None else "") + f", {size}")
+    return "\n".join([line] + [f"warning: {w}" for w in results["extra"].get("warnings", [])])

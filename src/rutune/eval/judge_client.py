@@ -10,7 +10,9 @@ Each game (one question, one seat order) ends as exactly one record in the judge
 
 The cache key is (question, hash of answer A, hash of answer B, judge model, prompt hash, game), so a rerun makes
 zero calls for finished games and a changed answer, judge or prompt is judged afresh. Records are appended and
-flushed one by one; a torn last line left by a kill is dropped on the next run.
+flushed to the OS one by one (a kill loses no finished game); fsync, which only matters on power loss, is batched
+to once per `SYNC_INTERVAL_S` and at the end (`items.AppendLog`). A torn last line left by a kill is dropped on the
+next run.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from typing import Callable, Iterable
 
 from rutune.eval.arena_scoring import model_score
 from rutune.eval.backends import run_sync
-from rutune.items import append_rows, read_items, truncate_torn_tail
+from rutune.items import AppendLog, read_items, truncate_torn_tail
 from rutune.eval.judge import JudgeError, JudgePrompt, JudgeProfile, neutralise_markers, parse_verdict
 from rutune.rundir import stable_hash
 
 CACHE_FILE = "judgments.jsonl"
 FINAL = ("ok", "invalid")
 RETRY_AFTER_CAP_S = 600.0
+SYNC_INTERVAL_S = 1.0  # fsync of the cache at most this far apart (and at the end); every record is flushed at once
 
 
 def text_hash(text: str) -> str:
@@ -208,17 +211,27 @@ async def judge_games_async(games: list[Game], profile: JudgeProfile, prompt: Ju
     todo = [(g, k) for g, k in zip(games, keys) if cache.get(k, {}).get("status") not in FINAL]
     if todo:
         caller = _Caller(profile, client=client)
+        log = AppendLog(cache_path, sync_interval_s=SYNC_INTERVAL_S)
 
         async def run_one(game: Game, key: str) -> None:
             record = await _judge_game(caller, prompt, game, key)
-            append_rows(cache_path, [record])
+            log.append([record])  # in the OS before the next await: a kill loses no finished judgment
             cache[key] = record
             if on_done:
                 on_done(record)
 
+        async def sync_periodically() -> None:  # bounds what a power loss can take even while no game finishes
+            while True:
+                await asyncio.sleep(SYNC_INTERVAL_S)
+                log.sync()
+
+        syncer = asyncio.ensure_future(sync_periodically())
         try:
             await asyncio.gather(*(run_one(g, k) for g, k in todo))
         finally:
+            syncer.cancel()
+            await asyncio.gather(syncer, return_exceptions=True)  # let the cancellation land before the loop ends
+            log.close()
             if client is None:
                 await caller.client.close()
     return [cache[k] for k in keys]

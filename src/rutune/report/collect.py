@@ -137,7 +137,9 @@ def read_run(root: str | Path) -> Run:
             result = read_suite(model_dir, suite_dir.name)
             if result is not None:
                 evals.setdefault(model_dir.name, {})[suite_dir.name] = result
-    experiment = (prepare or {}).get("experiment") or run.root.name
+    # The folder is `<output_root>/<experiment>`; the prepare manifest's own name may be another experiment's
+    # when a sweep linked an identical prepare stage into this run.
+    experiment = run.root.name
     return Run(run.root, experiment, prepare, contamination, _read_stages(run), evals)
 
 

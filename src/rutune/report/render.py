@@ -14,6 +14,7 @@ from rutune.report.sections import MixtureRow, contamination_lines, mixture_rows
 from rutune.report.table import Cell, Column, Table, legend_tests, uniform_unit
 
 MARKS = {"higher": "▲", "lower": "▼"}
+WARNING = "⚠"
 
 
 @dataclass
@@ -107,7 +108,11 @@ def render_markdown(doc: Document, figure_paths: dict[str, str] | None = None) -
     header = ["model"] + [column_title(t, c) for c in t.columns]
     with_unit = {c.key: bool(c.unit_title) and uniform_unit(t, c) is None for c in t.columns}
     body = [[r.label] + [cell_text(r.cells[c.key], c, with_unit=with_unit[c.key]) for c in t.columns] for r in t.rows]
-    lines += _md_table(header, body) + [""] + [f"- {line}" for line in legend(doc)] + ["", "## Mixtures", ""]
+    lines += _md_table(header, body) + [""]
+    if t.warnings:
+        lines += [f"**{WARNING} Warnings** (from the result files)", ""] + [f"- {WARNING} {w}" for w in t.warnings]
+        lines += [""]
+    lines += [f"- {line}" for line in legend(doc)] + ["", "## Mixtures", ""]
     for run in doc.runs:
         rows = mixture_rows(run)
         lines += [f"### {run_caption(doc, run)}", ""]
@@ -168,6 +173,7 @@ table.mixture td, table.mixture th { text-align: left; } table.mixture td.num { 
 table.mixture td:last-child { white-space: normal; min-width: 240px; max-width: 420px; }
 .up { color: #1a7f37; font-weight: 700; } .down { color: #c62828; font-weight: 700; }
 .note { color: #6b6b73; font-style: italic; } ul.legend { font-size: 13px; color: #444; }
+ul.warnings { font-size: 13px; color: #b35c00; font-weight: 600; list-style: none; padding-left: 0; }
 img { max-width: 100%; border: 1px solid #e0e0e5; margin: 6px 0 18px; }
 """
 
@@ -212,6 +218,8 @@ def render_html(doc: Document) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>rutune report</title>",
              f"<style>{STYLE}</style></head><body>", "<h1>rutune report</h1>", "<h2>Results</h2>",
              _html_table(["model"] + [column_title(t, c) for c in t.columns], rows, "results"),
+             ('<ul class="warnings">' + "".join(f"<li>{WARNING} {e(w)}</li>" for w in t.warnings) + "</ul>"
+              if t.warnings else ""),
              '<ul class="legend">' + "".join(f"<li>{e(line)}</li>" for line in legend(doc)) + "</ul>",
              "<h2>Mixtures</h2>"]
     for run in doc.runs:

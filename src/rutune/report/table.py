@@ -108,6 +108,7 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # printed under the table, visibly apart from the notes
 
 
 def _number(x: Any) -> float | None:
@@ -208,7 +209,21 @@ def build_table(runs: list[Run], *, baseline_label: str = "base", rounds: int = 
         model_path = next((s.results.get("model_path") for s in evals.values() if s.results.get("model_path")), None)
         rows.append(Row(labels[(run.experiment, model)], run.experiment, model, model_path, cells,
                         is_baseline=model == baseline_label))
-    return Table(columns, rows, notes)
+    return Table(columns, rows, notes, result_warnings(rows, {(run.experiment, m): run.evals[m] for run, m in keys}))
+
+
+def result_warnings(rows: list[Row], evals: dict[tuple[str, str], dict[str, SuiteResult]]) -> list[str]:
+    """Every line a result file lists under `extra.warnings`, as "<row label> · <suite>: <line>", in row order.
+
+    A suite writes there what a reader must not miss next to its numbers (the arena judge's swap agreement below
+    its configured threshold, say); the report names no suite and prints each line once per row it belongs to.
+    """
+    out = []
+    for row in rows:
+        for name, suite in sorted(evals.get((row.experiment, row.model), {}).items()):
+            lines = (suite.results.get("extra") or {}).get("warnings") or []
+            out += [f"{row.label} · {name}: {line}" for line in lines if isinstance(line, str) and line.strip()]
+    return out
 
 
 def substitution_notes(runs: list[Run]) -> list[str]:

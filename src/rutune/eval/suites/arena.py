@@ -1,5 +1,6 @@
 """RU Arena suite (ru_llm_arena protocol): answers → pairwise judge in both seat orders → Bradley–Terry win rate
-vs the baseline answers, two length controls, average answer length.
+vs the baseline answers, two length controls, a style-controlled win rate, judge-reliability figures (swap
+agreement, first-position bias, length correlation; warnings below the configured thresholds), average length.
 
 Implementation: `rutune.eval.arena` (stage), `arena_scoring` (maths), `judge` / `judge_client` (the judge),
 `arena_data` (file formats). Besides results.json and items.jsonl (one row per game) the suite writes
@@ -8,13 +9,14 @@ Implementation: `rutune.eval.arena` (stage), `arena_scoring` (maths), `judge` / 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Literal
 
+from pydantic import Field
+
 from rutune.eval.suites import EvalRequest, Suite, file_inputs
 from rutune.results import annotate, display
-from rutune.schema import PositiveInt, Strict
+from rutune.schema import Number, PositiveInt, Strict
 
 UNIT_TITLES = {"cl100k": "cl100k tokens", "model_tokens": "model tokens", "chars": "chars"}
 
@@ -24,7 +26,12 @@ class ArenaConfig(Strict):
     null = the bundled placeholders (20 questions, not the leaderboard's 500 — results.json and the terminal say so).
     `answers`: an existing answer file for the model (skips generation). `judge`: a judge profile YAML (null =
     RUTUNE_JUDGE_* env vars, else answers only). `bootstrap_rounds`: 100, the leaderboard's (this suite's own).
-    `bootstrap_unit`: `battle` resamples battle rows as the leaderboard does, `question` whole questions."""
+    `bootstrap_unit`: `battle` resamples battle rows as the leaderboard does, `question` whole questions.
+    `style_control` / `style_reference`: the style features of the style-controlled score ("Judge (SC)") and where
+    it is read off — `equal` (both answers of the same style; the default, since a single model's "mean" keeps
+    its own average style advantage) or `mean` (arena-hard-auto's z = 0). `min_swap_agreement` /
+    `max_first_position_skew`: below / beyond these the judge-reliability warnings are written into results.json
+    (`extra.warnings`) and shown under the report's table (docs/arena-style.md)."""
 
     questions: str | None = None
     revision: str | None = None  # hub revision of `questions` when it is a hub id; null = the pinned one
@@ -37,20 +44,22 @@ class ArenaConfig(Strict):
     bootstrap_rounds: PositiveInt = 100
     bootstrap_unit: Literal["battle", "question"] = "battle"
     strong_weight: PositiveInt = 3
+    style_control: list[Literal["length", "markdown", "header", "list", "bold"]] = Field(
+        default_factory=lambda: ["length", "markdown"], min_length=1)
+    style_reference: Literal["equal", "mean"] = "equal"
+    min_swap_agreement: Number = Field(default=0.6, ge=0, le=1)
+    max_first_position_skew: Number = Field(default=0.1, ge=0, le=0.5)
 
 
 def run(req: EvalRequest) -> dict:
-    from rutune.eval.arena import run_arena
-    from rutune.eval.arena_data import load_answers
-    from rutune.rundir import write_json_atomic, write_text_atomic
+    from rutune.eval.arena import LENGTHS_FILE, run_arena
+    from rutune.items import read_items
+    from rutune.rundir import write_json_atomic
     from rutune.stats import bootstrap_ci
 
     results = run_arena(req.cfg, req.backend, req.model_path, req.model_label, req.out_dir, seed=req.seed,
                         progress=True)
-    answers = load_answers(results["extra"]["generation"]["answers_file"])
-    rows = [{"id": qid, "chars": len(a.content), "cl100k": a.token_len if a.token_len_unit == "cl100k" else None,
-             "model_tokens": a.model_token_len} for qid, a in answers.items()]
-    write_text_atomic(req.out_dir / "lengths.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    rows = read_items(req.out_dir / LENGTHS_FILE)  # the run's questions only (an answer file may hold more)
     avg = results["metrics"]["avg_tokens"]
     lengths = [r[avg["unit"]] for r in rows if r.get(avg["unit"]) is not None]
     if lengths:
@@ -61,9 +70,12 @@ def run(req: EvalRequest) -> dict:
     annotate(results, {
         "win_rate": display("Judge", test="paired_bootstrap", order=10, item_key="model_score"),
         "win_rate_lc": display("Judge (LC)", order=11),
+        "win_rate_style": display("Judge (SC)", order=11.5),
         "avg_tokens": display("Avg len", decimals=0, direction="none", test="paired_bootstrap", order=12,
                               items_file="lengths.jsonl", item_key=avg["unit"],
                               unit_title=UNIT_TITLES.get(avg["unit"], avg["unit"]), histogram=True),
+        "avg_chars": display("Avg len (chars)", decimals=0, direction="none", test="paired_bootstrap", order=13,
+                             items_file="lengths.jsonl", item_key="chars"),
     })
     write_json_atomic(req.out_dir / "results.json", results)
     return results
