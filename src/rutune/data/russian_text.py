@@ -237,5 +237,33 @@ def russian_text(*, n_words: int = 50_000, wordlist: str = "large", capitalized_
                        tuple(sources), settings)
 
 
-__all__ = ["Document", "RussianText", "SourceRecord", "is_russian", "russian_text", "sample_documents",
-           "split_documents", "wordfreq_counts"]
+def merge_side_texts(*, held_out_share: float = 0.25, seed: int = 0,
+                     samples_dir: str | Path | None = None) -> list[str]:
+    """Russian texts of the merge-side sample documents, minus any text that also occurs on the held-out side.
+
+    What the `vocab` stage trains embeddings on: the same side the merges were learned from, so the held-out
+    texts (`heldout_items`) stay unseen by both the tokenizer and the model. Order: file, row, message.
+    """
+    merge_docs, held_docs = split_documents(sample_documents(samples_dir), held_out_share=held_out_share, seed=seed)
+    held = {t for d in held_docs for t in d.texts}
+    out = [t for d in merge_docs for t in d.texts if t not in held and is_russian(t)]
+    if not out:
+        raise TextSourceError("text split: the merge-side documents contain no Russian text to train on")
+    return out
+
+
+def heldout_items(*, held_out_share: float = 0.25, seed: int = 0,
+                  samples_dir: str | Path | None = None) -> list[tuple[str, str]]:
+    """(id, text) of the held-out Russian texts, the measurement side of `russian_text` (no wordfreq needed).
+
+    The id is `<file>:<row>:<message>`, stable across models and tokenizers, so per-text numbers pair by id.
+    """
+    _, held_docs = split_documents(sample_documents(samples_dir), held_out_share=held_out_share, seed=seed)
+    out = [(f"{d.ref}:{i}", t) for d in held_docs for i, t in enumerate(d.texts) if is_russian(t)]
+    if not out:
+        raise TextSourceError("text split: the held-out documents contain no Russian text")
+    return out
+
+
+__all__ = ["Document", "RussianText", "SourceRecord", "heldout_items", "is_russian", "merge_side_texts",
+           "russian_text", "sample_documents", "split_documents", "wordfreq_counts"]

@@ -39,6 +39,9 @@ from rutune.data.vocab_bpe import (
 from rutune.rundir import write_json_atomic
 
 VOCAB_RECORD = "rutune_vocab.json"
+# Key in the extended tokenizer_config.json: transformers keeps unknown keys in `init_kwargs` and writes them back on
+# `save_pretrained`, so every later stage's checkpoint still says which ids are new (`extension_of`).
+CONFIG_KEY = "rutune_vocab"
 # Tokenizer files copied unchanged from the source folder (whichever exist).
 COPIED_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
                 "added_tokens.json")
@@ -327,7 +330,10 @@ def extend_tokenizer_dir(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         (tmp / "tokenizer_config.json").write_text(
-            json.dumps({**config, "tokenizer_class": tokenizer_class}, ensure_ascii=False, indent=2), encoding="utf-8")
+            json.dumps({**config, "tokenizer_class": tokenizer_class, CONFIG_KEY: {
+                "base_fingerprint": report.base_fingerprint, "fingerprint": report.fingerprint,
+                "first_new_id": report.first_new_id, "num_new_tokens": report.num_new_tokens}},
+                ensure_ascii=False, indent=2), encoding="utf-8")
         if (src / "vocab.json").is_file() or (src / "merges.txt").is_file():
             vocab_text, merges_text = _vocab_files(new_tok)
             (tmp / "vocab.json").write_text(vocab_text, encoding="utf-8")
@@ -348,6 +354,12 @@ def _embedding_rows(model_dir: Path) -> int | None:
     config = json.loads(path.read_text(encoding="utf-8"))
     rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
     return int(rows) if rows else None
+
+
+def extension_of(tokenizer) -> dict | None:
+    """{base_fingerprint, fingerprint, first_new_id, num_new_tokens} of an extended transformers tokenizer, else None."""
+    info = (getattr(tokenizer, "init_kwargs", None) or {}).get(CONFIG_KEY)
+    return dict(info) if isinstance(info, Mapping) and "first_new_id" in info else None
 
 
 def check_vocab_pairing(model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike) -> None:
@@ -379,6 +391,7 @@ def check_vocab_pairing(model_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
                                  "never adapted to it: run embedding initialisation first")
 
 
-__all__ = ["VOCAB_RECORD", "VocabExtension", "check_supported", "check_vocab_pairing", "effective_tokenizer_json", "extend_tokenizer_dir",
+__all__ = ["CONFIG_KEY", "VOCAB_RECORD", "VocabExtension", "check_supported", "check_vocab_pairing",
+           "effective_tokenizer_json", "extend_tokenizer_dir", "extension_of",
            "extend_tokenizer_json", "fingerprint", "load_tokenizer_json", "max_id_in_use", "merges_of",
            "pretoken_counts", "word_forms"]

@@ -103,12 +103,19 @@ def init_source(cfg, stage, run: RunDir) -> str:
 
 
 def load_stage_tokenizer(path: str):
-    """The tokenizer a stage trains with; it must carry a chat template (masks and packing are defined by it)."""
+    """The tokenizer a stage trains with; it must carry a chat template (masks and packing are defined by it).
+
+    A checkpoint folder is checked against its own tokenizer first (`vocab.check_vocab_pairing`): an adapted
+    vocabulary's weights with the old tokenizer (or the reverse) is a one-line error, not silent garbage."""
     from rutune.data.templates import TemplateError, load_tokenizer
+    from rutune.data.vocab import check_vocab_pairing
+    from rutune.data.vocab_bpe import VocabError
 
     try:
+        if (Path(path) / "config.json").is_file() and (Path(path) / "tokenizer.json").is_file():
+            check_vocab_pairing(path, path)
         tok = load_tokenizer(path)
-    except TemplateError as e:
+    except (TemplateError, VocabError) as e:
         raise TrainError(str(e).splitlines()[0]) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
