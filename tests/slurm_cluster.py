@@ -14,6 +14,7 @@ carries a one-line reason with the relevant line of the daemon's log, for the te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scancel")
@@ -244,6 +245,23 @@ def start_cluster(conf_overrides: Mapping[str, str] | None = None) -> SlurmClust
         raise
     cluster.timings["start_s"] = time.monotonic() - t0
     return cluster
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[SlurmCluster]:
+    """A started cluster with `SLURM_CONF` pointing at it for this process (restored and stopped at the end);
+    raises SlurmUnavailable like `start_cluster`."""
+    cluster = start_cluster()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        cluster.stop()
 
 
 def _spawn(root: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:

@@ -249,6 +249,10 @@ def pair_packed_varlen(module, query, key, value, attention_mask, dropout: float
     from torch.nn.attention import varlen
 
     index = kwargs["pair_key_index"]
+    if query.dtype != value.dtype or key.dtype != value.dtype:
+        # Under bf16/fp16 autocast with fp32 master weights the rotary step hands back q and k in fp32 while v is
+        # already in the autocast dtype; the kernel takes one dtype (transformers' flash path casts the same way).
+        query, key = query.to(value.dtype), key.to(value.dtype)
     q = query[0].transpose(0, 1).contiguous()  # (tokens, heads, head_dim)
     k = key[0].transpose(0, 1).index_select(0, index)
     v = value[0].transpose(0, 1).index_select(0, index)

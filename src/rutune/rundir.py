@@ -174,9 +174,17 @@ class StageIndex:
         return Path(hit) if hit and stage_done(hit, identity) else None
 
     def add(self, kind: str, identity: str, folder: str | os.PathLike) -> None:
-        index = self._read()
+        """Record a finished stage; read-modify-write under an exclusive lock, so stages finishing at once in
+        separate processes (Slurm jobs) do not drop each other's entries."""
+        import fcntl
+
         key, where = f"{kind}:{identity}", str(Path(folder).resolve())
-        if index.get(key) != where:  # most stages are already indexed: no rewrite
+        if self._read().get(key) == where:  # most stages are already indexed: no lock, no rewrite
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            index = self._read()
             index[key] = where
             write_json_atomic(self.path, index)
 

@@ -10,6 +10,10 @@ as a cartesian `grid`:
       gm100: [data.sft.sources.0.percent=100]
     grid:                                 # optional; crossed with nothing else, names come from the values
       data.sft.sources.1.percent: [20, 40]    # → variants saiga_scored20, saiga_scored40 (the source's name)
+    slurm:                                # optional; what each stage's job asks for under `--launcher slurm`
+      partition: gpu
+      default: {cpus: 8, time_min: 60}
+      train: {gpus: 1, time_min: 600}
 
 Experiments are named `<sweep name>-<variant>`. Stages that come out identical (the base model's evals, an
 SFT that only differs downstream) are computed once and linked, through the pipeline's stage index.
@@ -21,10 +25,73 @@ import copy
 import itertools
 from pathlib import Path
 
-from rutune.config import ConfigError, apply_overrides, parse_config
-from rutune.schema import load_yaml
+from pydantic import Field, field_validator
 
-ALLOWED = {"base", "name", "variants", "grid"}
+from rutune.config import ConfigError, apply_overrides, parse_config
+from rutune.schema import NonNegativeInt, Number, PositiveInt, Strict, load_yaml, validate
+
+ALLOWED = {"base", "name", "variants", "grid", "slurm"}
+STAGE_KINDS = ("prepare", "train", "eval", "report")
+
+
+class SlurmResources(Strict):
+    """What one kind of stage asks Slurm for (`rutune.launch_slurm.Resources`); unset keys fall back to `default`."""
+
+    gpus: NonNegativeInt | None = None
+    cpus: PositiveInt | None = None
+    mem_gb: Number | None = Field(default=None, gt=0)
+    time_min: PositiveInt | None = None
+    partition: str | None = None
+    extra_sbatch: list[str] | None = None  # passed to sbatch as is, e.g. [--qos=high]
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _flags(cls, value):
+        bad = [f for f in value or [] if not f.startswith("-")]
+        if bad:
+            raise ValueError(f"sbatch flags start with '-': {bad}")
+        return value
+
+
+class SlurmBlock(Strict):
+    """The grid's `slurm:` block: a partition for every job, defaults, and per stage kind overrides (the sweep's
+    combined report uses `report`)."""
+
+    partition: str | None = None
+    default: SlurmResources = SlurmResources()
+    prepare: SlurmResources = SlurmResources()
+    train: SlurmResources = SlurmResources()
+    eval: SlurmResources = SlurmResources()
+    report: SlurmResources = SlurmResources()
+
+    def resources(self, kind: str) -> dict:
+        """`Resources` fields for one stage kind: the kind's own values over `default`, over `partition`."""
+        merged = {"partition": self.partition}
+        for block in (self.default, getattr(self, kind)):
+            merged.update({k: v for k, v in block.model_dump().items() if v is not None})
+        merged["extra_sbatch"] = tuple(merged.get("extra_sbatch") or ())
+        return merged
+
+
+class _GridSlurm(Strict):
+    slurm: SlurmBlock = SlurmBlock()
+
+
+def _slurm_block(tree: dict, grid_path: Path, lines) -> tuple[SlurmBlock, list[str]]:
+    """The validated `slurm:` block (defaults when absent) and its problems, `file:line: slurm.x: message`."""
+    try:
+        return validate(_GridSlurm, {"slurm": tree.get("slurm") or {}}, src=str(grid_path), lines=lines).slurm, []
+    except ConfigError as e:
+        return SlurmBlock(), e.problems
+
+
+def slurm_settings(grid_path: str | Path) -> SlurmBlock:
+    """The grid's `slurm:` block, validated (unknown keys are errors with "did you mean")."""
+    tree, lines, problems = load_yaml(Path(grid_path))
+    block, slurm_problems = _slurm_block(tree if isinstance(tree, dict) else {}, Path(grid_path), lines)
+    if problems or slurm_problems:
+        raise ConfigError(problems + slurm_problems)
+    return block
 
 
 def _grid_label(key: str, value, base_tree: dict) -> str:
@@ -48,10 +115,11 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
     grid_path = Path(grid_path)
     tree, lines, problems = load_yaml(grid_path)
     if not isinstance(tree, dict):
-        raise ConfigError([f"{grid_path}: the top level must be a mapping (base, name, variants, grid)"])
+        raise ConfigError([f"{grid_path}: the top level must be a mapping (base, name, variants, grid, slurm)"])
     for key in sorted(set(tree) - ALLOWED):
         problems.append(f"{grid_path}:{lines.get((key,), ('', '?'))[1]}: {key}: unknown key; allowed: "
                         f"{', '.join(sorted(ALLOWED))}")
+    problems += _slurm_block(tree, grid_path, lines)[1]
     if "base" not in tree:
         problems.append(f"{grid_path}: base: required key is missing (path of the base experiment YAML)")
     variants: dict[str, list[str]] = {}
@@ -101,14 +169,25 @@ def expand(grid_path: str | Path) -> tuple[str, list]:
 
 def run_sweep(grid_path: str | Path, *, force: set[str] | None = None, echo=print, expanded=None) -> dict:
     """Run every experiment, then one report; `expanded` is `expand(grid_path)` when the caller already has it."""
-    from rutune.pipeline import StageLog, run_experiment, run_report_stage
-    from rutune.rundir import RunDir
+    from rutune.pipeline import run_experiment
 
     name, configs = expanded or expand(grid_path)
-    run_dirs = []
     for cfg in configs:
         echo(f"== experiment {cfg.name}")
         run_experiment(cfg, force=force, report=False, echo=echo)
-        run_dirs.append(RunDir.for_experiment(cfg.output_root, cfg.name).root)
-    out = Path(configs[0].output_root) / name / "report"
-    return run_report_stage(run_dirs, out, configs[0], set(force or ()), StageLog(echo=echo))
+    return sweep_report(name, configs, force=force, echo=echo)
+
+
+def sweep_report_dir(name: str, configs: list) -> Path:
+    """Where the sweep's combined report goes: `<output_root>/<sweep name>/report`."""
+    return Path(configs[0].output_root) / name / "report"
+
+
+def sweep_report(name: str, configs: list, *, force: set[str] | None = None, echo=print) -> dict:
+    """The report over every experiment's run dir (`rutune sweep GRID --only-report`; the last Slurm job)."""
+    from rutune.pipeline import StageLog, run_report_stage
+    from rutune.rundir import RunDir
+
+    run_dirs = [RunDir.for_experiment(cfg.output_root, cfg.name).root for cfg in configs]
+    return run_report_stage(run_dirs, sweep_report_dir(name, configs), configs[0], set(force or ()),
+                            StageLog(echo=echo))
