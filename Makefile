@@ -22,6 +22,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow --timeout=1800
 
+# Multi-process training on CPU (gloo): torchrun DDP and `accelerate launch` FSDP2 (2 processes) against one process,
+# SIGKILL-resume under FSDP, the 2-process SimPO run, and bench/gpu_check's CPU smoke run (docs/scaling.md).
+# Measured: 13 tests in 6 min 29 s on 2 CPU cores shared with other jobs (load average 9-10; up to ~8.5 min).
+.PHONY: test-distributed
+test-distributed: $(STAMP)
+	$(BIN)/python -m pytest -m "slow or not slow" tests/test_fsdp.py tests/test_sft_distributed.py \
+		tests/test_simpo_resume.py tests/test_gpu_check.py --timeout=1800
+
 demo: $(STAMP)
 	$(BIN)/rutune demo
 
@@ -89,6 +97,27 @@ $(REAL_STAMP): $(STAMP)
 
 demo-real: $(REAL_STAMP)
 	$(BIN)/rutune run configs/experiments/real_smollm2.yaml
+
+# SimPO, DPO, ORPO, SMPO after the same LoRA SFT, compared on held-out pairs / NLL / Cyrillic share (docs/objectives.md).
+.PHONY: demo-objectives bench-dpo
+demo-objectives: $(REAL_STAMP)
+	$(BIN)/rutune run configs/experiments/real_objectives.yaml
+	$(BIN)/rutune report runs/real_objectives --baseline sft
+
+bench-dpo: $(STAMP)
+	$(BIN)/python bench/dpo.py
+
+# Vocabulary adaptation vs the same SFT on the original tokenizer (docs/vocab.md); prints the three ratios.
+VOCAB_CFGS := configs/experiments/vocab_smollm2.yaml configs/experiments/vocab_smollm2_base.yaml
+.PHONY: demo-vocab
+demo-vocab: $(REAL_STAMP)
+	for cfg in $(VOCAB_CFGS); do \
+	  name=$$(basename $$cfg .yaml); \
+	  $(BIN)/rutune prepare $$cfg && mkdir -p runs/$$name && \
+	  /usr/bin/time -f '%U %S' -o runs/$$name/train_cpu.txt $(BIN)/rutune train $$cfg && \
+	  $(BIN)/rutune run $$cfg || exit 1; \
+	done
+	$(BIN)/rutune vocab compare runs/vocab_smollm2_base runs/vocab_smollm2
 
 test-real: $(REAL_STAMP)
 	$(BIN)/python -m pytest -m slow tests/slow tests/test_real_models.py tests/test_smollm2_masks.py --timeout=3600

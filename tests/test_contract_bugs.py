@@ -117,3 +117,39 @@ def test_train_before_prepare_leaves_nothing_behind(tmp_path):
     result = runner.invoke(app, ["train", str(cfg), "--stage", "sft"])
     assert result.exit_code == 2 and "run `rutune prepare CONFIG` first" in result.output
     assert not (tmp_path / "runs" / "t" / "train").exists()
+
+
+def test_a_prepare_stage_linked_from_another_experiment_does_not_rename_the_run(tmp_path):
+    """A sweep links an identical prepare into the next experiment: the report names a run by its folder, not by the
+    experiment written in the linked manifest (which made two runs collide: "experiment X is also Y")."""
+    from _report_runs import make_sweep
+    from rutune.report import build_report
+    from rutune.report.collect import read_run
+
+    gm60, gm80 = make_sweep(tmp_path)
+    (gm80 / "prepare" / "manifest.json").write_text((gm60 / "prepare" / "manifest.json").read_text())
+    assert read_run(gm80).experiment == "gm80"
+    written = build_report([gm60, gm80], tmp_path / "rep", formats=("md",))
+    assert "gm80" in written["md"].read_text()
+
+
+def test_stage_index_entries_from_concurrent_writers_are_all_kept(tmp_path):
+    """Slurm jobs finishing at once each add their stage: the locked read-modify-write keeps every entry."""
+    import multiprocessing
+
+    from rutune.rundir import StageIndex
+
+    procs = [multiprocessing.get_context("fork").Process(target=_add_many, args=(tmp_path, k)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    index = StageIndex(tmp_path)._read()
+    assert len(index) == 4 * 25
+
+
+def _add_many(root, k):
+    from rutune.rundir import StageIndex
+
+    for i in range(25):
+        StageIndex(root).add("eval", f"h{k}-{i}", root / f"f{k}-{i}")

@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "rutune"
 
 LEAF = {"__init__", "records", "rundir", "schema", "registry", "items", "stats", "results", "attention"}
 BASE = {"models", "real_models", "model_errors"}
-TOP = {"cli", "cli_suites", "serve", "serve_app", "pipeline", "sweep", "launch_slurm", "__main__"}
+TOP = {"cli", "cli_suites", "cli_vocab", "cli_score", "serve", "serve_app", "pipeline", "sweep", "sweep_slurm",
+       "launch_slurm", "slurm_graph", "__main__"}
 MAY_IMPORT = {
     "leaf": {"leaf"},
     "base": {"leaf", "base"},

@@ -22,6 +22,12 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect prepared data.")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate one model with one suite (one command per suite).")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+from rutune.cli_vocab import vocab_app  # noqa: E402 - `rutune vocab …`, its own module
+
+app.add_typer(vocab_app, name="vocab")
+from rutune.cli_score import score_app  # noqa: E402 - `rutune score …`, its own module
+
+app.add_typer(score_app, name="score")
 
 console = Console(stderr=True)
 
@@ -40,7 +46,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, ModelError, RecordError, FileNotFoundError]
     for mod, name in (("rutune.data.sources", "DataError"), ("rutune.eval.errors", "EvalError"),
                       ("rutune.train.errors", "TrainError"), ("rutune.items", "ItemsError"),
-                      ("rutune.registry", "RegistryError")):
+                      ("rutune.registry", "RegistryError"), ("rutune.report.collect", "ReportError")):
         try:
             errors.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -245,14 +251,49 @@ def sweep(
     grid: Path = typer.Argument(..., help="Grid YAML: base experiment + variants (dotted overrides)."),
     force: Optional[list[str]] = typer.Option(None, "--force", help=FORCE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only expand and validate the experiments."),
+    launcher: str = typer.Option("local", "--launcher", help="local: run here, one experiment after another; "
+                                 "slurm: submit every stage as a Slurm job (see docs/slurm.md)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Slurm: job scripts, logs and jobs.json "
+                                             "(default <output_root>/<sweep name>/slurm)."),
+    wait: bool = typer.Option(False, "--wait", help="Slurm: wait until every job has finished, print the status."),
+    status: bool = typer.Option(False, "--status", help="Slurm: print each job's state and log; submit nothing."),
+    only_report: bool = typer.Option(False, "--only-report", help="Only build the combined report from the "
+                                     "experiments' finished stages (the Slurm sweep's last job)."),
 ):
     """Run every experiment of a grid (shared stages computed once) and one report over all of them."""
-    from rutune.sweep import expand, run_sweep
+    from rutune.sweep import expand, run_sweep, sweep_report
 
+    if launcher not in ("local", "slurm"):
+        fail(f"--launcher {launcher}: expected local or slurm")
+    if launcher == "local" and (state_dir or wait or status):
+        fail("--state-dir, --wait and --status need --launcher slurm")
+    if launcher == "slurm" and force:
+        fail("--force is not passed to Slurm jobs (every rerun would redo the stage): run `rutune run CONFIG "
+             "--force STAGE` for the experiment, then submit again")
     name, configs = guarded(lambda: expand(grid))
+    if only_report:
+        outputs = guarded(lambda: sweep_report(name, configs, force=set(force or []), echo=typer.echo))
+        for kind, path in sorted(outputs.items()):
+            typer.echo(f"report ({kind}): {path}")
+        return
     for cfg in configs:
         typer.echo(f"experiment {cfg.name}")
     if dry_run:
+        return
+    if launcher == "slurm":
+        from rutune.launch_slurm import LaunchError
+        from rutune.sweep_slurm import submit_sweep, sweep_status, wait_sweep
+
+        try:
+            if not status:
+                guarded(lambda: submit_sweep(grid, state_dir, expanded=(name, configs), echo=typer.echo))
+            if wait:
+                wait_sweep(name, configs, state_dir)
+            rows = sweep_status(name, configs, state_dir) if status or wait else {}
+        except LaunchError as e:
+            fail(str(e))
+        if any(r.state in ("failed", "died", "blocked", "cancelled") for r in rows.values()):
+            raise typer.Exit(1)
         return
     outputs = guarded(lambda: run_sweep(grid, force=set(force or []), echo=typer.echo, expanded=(name, configs)))
     for kind, path in sorted(outputs.items()):
