@@ -154,7 +154,7 @@ def test_bootstrap_seeded_and_independent_of_input_order():
 def test_question_bootstrap_resamples_whole_questions():
     games = _synthetic_judgments(6, 0.4, 0.2)
     b = sc.battles_from_games(games)
-    counts = sc._resample_counts(np.random.default_rng(0), b, "question")
+    counts = sc.resample_counts(np.random.default_rng(0), b, "question")
     for q in set(b.question_ids):
         assert len(set(counts[b.question_ids == q])) == 1  # every row of one question drawn equally often
 

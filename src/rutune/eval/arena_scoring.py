@@ -125,8 +125,8 @@ def bt_win_rate(battles: Battles, row_weights: np.ndarray | None = None) -> floa
     return win_rate(strengths[1], strengths[0])
 
 
-def _resample_counts(rng: np.random.Generator, battles: Battles, unit: str) -> np.ndarray:
-    """How many times each row is drawn in one bootstrap round."""
+def resample_counts(rng: np.random.Generator, battles, unit: str) -> np.ndarray:
+    """How many times each row is drawn in one bootstrap round (`battles`: any sized rows with `question_ids`)."""
     n = len(battles)
     if unit == "battle":
         return np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
@@ -146,7 +146,7 @@ def bootstrap_win_rates(
         return np.full(rounds, np.nan)
     rng = np.random.default_rng(seed)
     w = np.ones(len(battles)) if row_weights is None else np.asarray(row_weights, float)
-    return np.array([bt_win_rate(battles, w * _resample_counts(rng, battles, unit)) for _ in range(rounds)])
+    return np.array([bt_win_rate(battles, w * resample_counts(rng, battles, unit)) for _ in range(rounds)])
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -227,7 +227,7 @@ def bootstrap_alpaca_lc(battles: Battles, chars_model: Mapping[str, float], char
     if len(battles) == 0:
         return np.full(rounds, np.nan)
     rng = np.random.default_rng(seed)
-    return np.array([alpaca_lc_win_rate(battles, chars_model, chars_base, _resample_counts(rng, battles, unit))
+    return np.array([alpaca_lc_win_rate(battles, chars_model, chars_base, resample_counts(rng, battles, unit))
                      for _ in range(rounds)])
 
 

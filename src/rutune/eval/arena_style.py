@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.special import expit, log_expit
 
-from rutune.eval.arena_scoring import model_score, percentile_ci
+from rutune.eval.arena_scoring import model_score, percentile_ci, resample_counts
 
 FEATURES = ("length", "header", "list", "bold")
 FEATURE_GROUPS = {"length": ("length",), "markdown": ("header", "list", "bold")}
@@ -254,17 +254,6 @@ def _unique_rows(battles: StyleBattles) -> np.ndarray:
     return np.array([index.setdefault(k, len(index)) for k in keys], dtype=np.int64)
 
 
-def _resample(rng: np.random.Generator, battles: StyleBattles, unit: str) -> np.ndarray:
-    n = len(battles)
-    if unit == "battle":
-        return np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
-    if unit == "question":
-        qids, inverse = np.unique(battles.question_ids.astype(str), return_inverse=True)
-        drawn = np.bincount(rng.integers(0, len(qids), len(qids)), minlength=len(qids))
-        return drawn[inverse].astype(float)
-    raise ValueError(f"bootstrap unit must be 'battle' or 'question', not {unit!r}")
-
-
 def _clean(v) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), 6)
 
@@ -321,7 +310,7 @@ def style_controlled_scores(
     rng = np.random.default_rng(seed)
     boot, samples = np.zeros((rounds, len(beta))), np.zeros((rounds, n_models))
     for r in range(rounds):
-        counts = _resample(rng, battles, unit)
+        counts = resample_counts(rng, battles, unit)
         boot[r] = fit(counts, beta)
         drawn = np.bincount(battles.model_index, weights=counts, minlength=n_models) > 0
         samples[r] = np.where(drawn, win_rates(boot[r]), np.nan)  # a model with no row drawn says nothing
