@@ -76,7 +76,7 @@ def test_unresolvable_named_reference_is_one_line_error_before_the_stage_starts(
     cfg = _config(tmp_path, {"name": "dpo"}, reference=str(tmp_path / "missing-ref"))
     run = RunDir.for_experiment(cfg.output_root, cfg.name)
     write_pairs(run.root, make_pairs(8))
-    with pytest.raises(TrainError, match=r"^train\.stages\[0\]\.reference: .*missing-ref.*needs a reference") as e:
+    with pytest.raises(TrainError, match=r"^train\.stages\.0\.reference: .*missing-ref.*needs a reference") as e:
         RECIPES.get("preference").check(cfg, cfg.train.stages[0], run)
     assert "\n" not in str(e.value)
     assert not run.train("dpo").exists()

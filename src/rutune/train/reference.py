@@ -39,7 +39,7 @@ def check_reference(cfg, stage) -> None:
     try:
         resolve_model_path(stage.reference)
     except ModelError as e:
-        raise TrainError(f"train.stages[{index}].reference: {str(e).splitlines()[0]} (objective "
+        raise TrainError(f"train.stages.{index}.reference: {str(e).splitlines()[0]} (objective "
                          f"{stage.loss.name} needs a reference model)") from None
 
 
