@@ -4,15 +4,14 @@ once, cached, and scored like a local file; the study config names exactly those
 
 from __future__ import annotations
 
-import http.server
 import json
 import sys
-import threading
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from static_server import serve_folder  # noqa: E402
 from judge_server import JudgeServer  # noqa: E402
 
 from rutune.eval import arena_data, upstream  # noqa: E402
@@ -42,27 +41,14 @@ def test_baseline_answers_from_a_url_are_fetched_once_and_scored(tmp_path, monke
     model = tmp_path / "model.jsonl"
     model.write_text("".join(_answer(q, "m", f"Ответ модели {q}, подробнее.") for q in qids),
                      encoding="utf-8")
-    hits = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(tmp_path / "www"), **k)
-
-        def log_message(self, *a):
-            hits.append(a)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("RUTUNE_CACHE", str(tmp_path / "cache"))
-    url = f"http://127.0.0.1:{server.server_address[1]}/VikhrModels/ru_llm_arena/501ab65/{BASELINE_PATH}"
-    cfg = ArenaConfig(questions=str(questions), baseline=url, answers=str(model), bootstrap_rounds=10)
-    try:
+    with serve_folder(tmp_path / "www") as (root_url, hits):
+        url = f"{root_url}/VikhrModels/ru_llm_arena/501ab65/{BASELINE_PATH}"
+        cfg = ArenaConfig(questions=str(questions), baseline=url, answers=str(model), bootstrap_rounds=10)
         with JudgeServer(lambda body: "[[A=B]]") as judge:
             prof = JudgeProfile(base_url=judge.base_url, model="tie")
             first = run_arena(cfg, None, None, "m", tmp_path / "a", judge=prof, progress=False)
             second = run_arena(cfg, None, None, "m", tmp_path / "b", judge=prof, progress=False)
-    finally:
-        server.shutdown()
     assert len(hits) == 1  # the second run read the cached copy
     for res in (first, second):
         assert res["extra"]["baseline"] == {"path": url, "model": "gpt-3.5-turbo-0125"}  # the URL, not "http:/…"

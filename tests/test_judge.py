@@ -86,8 +86,7 @@ def test_leaderboard_judge_config_is_a_prompt_file():
 def test_a_pinned_prompt_url_is_fetched_over_http_once_and_cached(tmp_path, monkeypatch):
     """The leaderboard's prompt comes from its upstream at a pinned commit: fetched by real HTTP (a local server
     here) on first use, then read from the cache; nothing outside the package is read."""
-    import http.server
-    import threading
+    from static_server import serve_folder
 
     from rutune.eval.judge import profile_prompt
 
@@ -96,24 +95,11 @@ def test_a_pinned_prompt_url_is_fetched_over_http_once_and_cached(tmp_path, monk
     (served / "judge_config.yaml").write_text(
         "system_prompt: Судья.\nprompt_template: ['<q>{question_1}</q><a>{answer_1}</a><b>{answer_2}</b>']\n",
         encoding="utf-8")
-    hits = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(tmp_path / "www"), **k)
-
-        def log_message(self, *a):
-            hits.append(a)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("RUTUNE_CACHE", str(tmp_path / "cache"))
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/config/judge_config.yaml"
+    with serve_folder(tmp_path / "www") as (root_url, hits):
+        url = f"{root_url}/config/judge_config.yaml"
         prof = JudgeProfile(base_url="http://127.0.0.1:1/v1", model="m", prompt_file=url)
         first, second = profile_prompt(prof), profile_prompt(prof)
-    finally:
-        server.shutdown()
     assert first.system == "Судья." and first.source == url and first.hash == second.hash
     assert len(hits) == 1  # the second read came from the cache
 
