@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model
 
 from rutune.data.sources import SOURCES
 from rutune.eval.backend_base import BackendConfig
@@ -95,17 +95,8 @@ class _ExperimentBase(Strict):
     base_model: ModelConfig = ModelConfig()
     report: ReportConfig = ReportConfig()
 
-    @model_validator(mode="after")
-    def _links(self):
-        problems = link_problems(self)
-        if problems:
-            raise ValueError(LINK_SEP.join(f"{'.'.join(map(str, path))}: {msg}" for path, msg in problems))
-        return self
-
 
 # ---------------------------------------------------------------- cross-field links
-LINK_SEP = " ‖ "  # joins link problems inside one pydantic error; `_validated` splits them into lines again
-
 
 def link_problems(cfg) -> list[tuple[tuple, str]]:
     """Stage names unique, `init_from` refers backwards, data present for each recipe, eval models known,
@@ -222,23 +213,15 @@ def apply_overrides(tree: dict, overrides: list[str]) -> list[str]:
 
 
 def _validated(tree: dict, src: str, lines: Lines, problems: list[str]):
-    schema = experiment_schema()
-    try:
-        return validate(schema, tree, src=src, lines=lines, problems=problems, tagged=tagged_models())
-    except ConfigError as e:
-        # the link validator reports several problems in one pydantic error: one line each, at its own key's line
-        out = []
-        for p in e.problems:
-            head, sep, rest = p.partition(": <root>: ")
-            if not sep:
-                out.append(p)
-                continue
-            for part in rest.split(LINK_SEP):
-                path, _, msg = part.partition(": ")
-                key = tuple(int(x) if x.isdigit() else x for x in path.split("."))
-                where = next(("%s:%s" % lines[key[:k]] for k in range(len(key), -1, -1) if key[:k] in lines), head)
-                out.append(f"{where}: {path}: {msg}")
-        raise ConfigError(out) from None
+    """The schema's own checks, then (on a valid tree) the cross-field links, each at its own key's line."""
+    cfg = validate(experiment_schema(), tree, src=src, lines=lines, problems=problems, tagged=tagged_models())
+    links = []
+    for path, msg in link_problems(cfg):
+        where = next(("%s:%s" % lines[path[:k]] for k in range(len(path), -1, -1) if path[:k] in lines), src)
+        links.append(f"{where}: {'.'.join(map(str, path))}: {msg}")
+    if links:
+        raise ConfigError(links)
+    return cfg
 
 
 def load_config(path, overrides: list[str] | None = None):
