@@ -153,3 +153,19 @@ def _add_many(root, k):
 
     for i in range(25):
         StageIndex(root).add("eval", f"h{k}-{i}", root / f"f{k}-{i}")
+
+
+def test_a_pipeline_eval_that_fails_before_any_item_leaves_no_folder(tmp_path):
+    """Under `rutune run` the eval folder (with its inputs marker) is made inside the suite's guarded region, so a
+    suite rejecting its data leaves no eval/<suite>/<model>/ behind."""
+    import pytest
+
+    from rutune.config import parse_config
+    from rutune.eval.errors import EvalError
+    from rutune.pipeline import run_experiment
+
+    cfg = parse_config({"name": "e", "output_root": str(tmp_path / "runs"), "data": {},
+                        "eval": {"models": ["base"], "mmlu": {"path": str(tmp_path / "missing.jsonl")}}})
+    with pytest.raises(EvalError):
+        run_experiment(cfg, report=False, echo=lambda line: None)
+    assert not (tmp_path / "runs" / "e" / "eval" / "mmlu" / "base").exists()

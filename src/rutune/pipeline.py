@@ -19,8 +19,8 @@ from typing import Callable
 
 from rutune.eval.suites import SUITES, EvalRequest, run_suite
 from rutune.models import resolve_model_path
-from rutune.rundir import (RunDir, StageIndex, file_fingerprint, mark_started, read_manifest, stage_done,
-                           stage_identity, started_for, write_manifest)
+from rutune.rundir import (RunDir, StageIndex, file_fingerprint, read_manifest, stage_done, stage_identity,
+                           started_for, write_manifest)
 from rutune.train.recipes import RECIPES
 
 
@@ -134,9 +134,7 @@ def eval_stage(cfg, suite, label: str, path: str, model_identity: Callable[[], s
             shutil.rmtree(out, ignore_errors=True)
         request = EvalRequest(suite_cfg, cfg.eval.backend, path, label, out, seed=cfg.seed,
                               rounds=cfg.eval.bootstrap_rounds, run_dir=run)
-        out.mkdir(parents=True, exist_ok=True)
-        mark_started(out, h)
-        result = run_suite(suite, request)
+        result = run_suite(suite, request, inputs_hash=h)
         return {"suite": suite.name, "model": label, "model_path": path,
                 "metrics": {k: v.get("value") for k, v in (result.get("metrics") or {}).items() if isinstance(v, dict)}}
 

@@ -76,13 +76,19 @@ def prepared_file(given: str | None, run_dir: RunDir | None, file_name: str, *, 
     return run_dir.prepare / file_name
 
 
-def run_suite(suite: Suite, request: EvalRequest) -> dict:
+def run_suite(suite: Suite, request: EvalRequest, *, inputs_hash: str | None = None) -> dict:
     """Run one suite for one model; a failure before any item was written leaves no output folder behind.
 
     A folder that holds items from an interrupted run (same inputs) is kept, so the next run resumes it.
+    `inputs_hash` (the pipeline's stage identity) is recorded in the folder first (`rundir.mark_started`).
     """
+    from rutune.rundir import mark_started
+
     existed = request.out_dir.exists()
     try:
+        if inputs_hash is not None:
+            request.out_dir.mkdir(parents=True, exist_ok=True)
+            mark_started(request.out_dir, inputs_hash)
         return suite.run(request)
     except BaseException:
         if not existed and request.out_dir.exists() and not _has_items(request.out_dir):
