@@ -1,13 +1,21 @@
-"""Loading ruIFEval rows: the bundled sample stands in (and says so), local JSONL files, and the hub code path with
+"""Loading ruIFEval rows: the bundled sample stands in (and says so), local JSONL files, the pinned upstream file
+over real HTTP (a local server laid out like raw.githubusercontent.com), and the hub code path with
 `datasets.load_dataset` replaced by a stub (the hub is unreachable from tests)."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
-from rutune.eval.ifeval import HUB_ID, HUB_REVISION_UNVERIFIED, SAMPLE_PATH, IfevalError, load_rows
+from rutune.eval.ifeval import HUB_ID, PINNED_URL, SAMPLE_PATH, IfevalError, load_rows
+from rutune.eval.ifeval import rows as rows_module
+from rutune.eval.suites.ifeval import IfevalConfig, inputs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from static_server import serve_folder  # noqa: E402
 
 TWO_ROWS = [
     {"key": 5, "prompt": "Напиши без запятых.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
@@ -80,11 +88,38 @@ def fake_hub(monkeypatch):
     return calls
 
 
-def test_ruifeval_hub_id_loads_the_train_split_at_its_recorded_revision(fake_hub):
-    loaded = load_rows(HUB_ID)
-    assert fake_hub == [(HUB_ID, HUB_REVISION_UNVERIFIED, "train")]
-    assert (loaded.source, loaded.revision, loaded.bundled_sample) == (HUB_ID, HUB_REVISION_UNVERIFIED, False)
+def test_ruifeval_name_means_the_pinned_upstream_file_fetched_once_over_http(tmp_path, monkeypatch, fake_hub):
+    assert "/9dd2387f8a8ab12a10f3da79097546347e8af7e0/data/ruIFEval_v0.1.jsonl" in PINNED_URL
+    relative = PINNED_URL.removeprefix("https://raw.githubusercontent.com/")
+    served = tmp_path / "www" / relative
+    served.parent.mkdir(parents=True)
+    write_jsonl(served, TWO_ROWS)
+    monkeypatch.setenv("RUTUNE_CACHE", str(tmp_path / "cache"))
+    with serve_folder(tmp_path / "www") as (root_url, hits):
+        local_url = f"{root_url}/{relative}"
+        monkeypatch.setattr(rows_module, "PINNED_URL", local_url)
+        first = load_rows(HUB_ID)
+        second = load_rows(HUB_ID)
+    assert len(hits) == 1 and fake_hub == []  # downloaded once, then the cache; never the hub client
+    assert (first.source, first.revision, first.bundled_sample) == (local_url, None, False)
+    assert [r["key"] for r in second.rows] == [5, 9]
+    assert inputs(IfevalConfig(path=HUB_ID), None) == [f"url:{local_url}"]  # the identity names the commit URL
+
+
+def test_ruifeval_name_with_an_explicit_revision_goes_to_the_hub(fake_hub):
+    loaded = load_rows(HUB_ID, revision="feedbee")
+    assert fake_hub == [(HUB_ID, "feedbee", "train")]
+    assert (loaded.source, loaded.revision, loaded.bundled_sample) == (HUB_ID, "feedbee", False)
     assert [r["kwargs"] for r in loaded.rows] == [[{}], [{"num_paragraphs": 3}]]  # nulls dropped
+
+
+def test_pinned_file_unreachable_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rows_module, "PINNED_URL", "http://127.0.0.1:9/ruIFEval_v0.1.jsonl")
+    with pytest.raises(IfevalError) as info:
+        load_rows(HUB_ID)
+    assert str(info.value).startswith("http://127.0.0.1:9/ruIFEval_v0.1.jsonl: cannot download")
+    assert "\n" not in str(info.value)
 
 
 def test_hub_revision_given_by_the_caller_is_passed_through(fake_hub):
@@ -101,6 +136,6 @@ def test_hub_failure_is_one_error_line(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(IfevalError) as info:
-        load_rows(HUB_ID)
-    assert str(info.value) == (f"cannot load {HUB_ID}@{HUB_REVISION_UNVERIFIED} (train) from the hub: "
+        load_rows(HUB_ID, revision="main")
+    assert str(info.value) == (f"cannot load {HUB_ID}@main (train) from the hub: "
                                "ConnectionError: Couldn't reach the hub")

@@ -8,7 +8,7 @@ from rutune.eval.ifeval.errors import IfevalError
 from rutune.eval.ifeval.registry import INSTRUCTION_IDS, INSTRUCTIONS, check_kwargs, check_row
 from rutune.eval.ifeval.rows import (
     HUB_ID,
-    HUB_REVISION_UNVERIFIED,
+    PINNED_URL,
     SAMPLE_PATH,
     LoadedRows,
     load_rows,
@@ -25,7 +25,7 @@ from rutune.eval.ifeval.scoring import (
 )
 
 __all__ = [
-    "HUB_ID", "HUB_REVISION_UNVERIFIED", "INSTRUCTIONS", "INSTRUCTION_IDS", "SAMPLE_PATH", "SCORE_NAMES",
+    "HUB_ID", "PINNED_URL", "INSTRUCTIONS", "INSTRUCTION_IDS", "SAMPLE_PATH", "SCORE_NAMES",
     "IfevalError", "LoadedRows", "check_instruction", "check_kwargs", "check_row", "follows_loose",
     "follows_strict", "ifeval_scores", "instruction_breakdown", "load_rows", "loose_variants", "score_response",
 ]

@@ -1,4 +1,4 @@
-"""Loading ruIFEval rows: a local JSONL file, a hub dataset id, or (no source) the bundled Russian sample.
+"""Loading ruIFEval rows: a local JSONL file, a pinned URL, a hub dataset id, or (no source) the bundled sample.
 
 Every row is validated by `registry.check_row` and named in any error by file and line (or hub id and row
 number); keys must be unique. `load_rows` returns a `LoadedRows` that also records what was actually read, so a
@@ -18,12 +18,11 @@ from rutune.eval.ifeval.registry import check_row
 
 SAMPLE_PATH = Path(__file__).resolve().parents[2] / "samples" / "ruifeval.jsonl"
 HUB_ID = "NLP-Core-Team/ruIFEval"
-# UNVERIFIED, NOT A PIN: no commit of a hub copy of ruIFEval could be looked up while this was written (the hub is
-# unreachable here and no snapshot of its commit list was found). The data's known upstream version is the GitHub
-# repository NLP-Core-Team/ruIFEval at commit 9dd2387f8a8ab12a10f3da79097546347e8af7e0 (v0.1, 541 prompts) — a git
-# commit, not a hub revision. Replace this with the hub commit hash once verified.
-HUB_REVISION_UNVERIFIED = "main"
-HUB_REVISIONS = {HUB_ID: HUB_REVISION_UNVERIFIED}
+# ruIFEval's data at a pinned upstream commit: the GitHub repository NLP-Core-Team/ruIFEval at v0.1 (541 prompts;
+# llmtf_open ships a byte-identical copy). The name HUB_ID without a revision means this file, fetched once over
+# HTTP and cached (`rutune.eval.upstream`); a commit URL cannot change under us, so the identity is the URL.
+UPSTREAM_COMMIT = "9dd2387f8a8ab12a10f3da79097546347e8af7e0"
+PINNED_URL = f"https://raw.githubusercontent.com/NLP-Core-Team/ruIFEval/{UPSTREAM_COMMIT}/data/ruIFEval_v0.1.jsonl"
 HUB_SPLIT = "train"
 _HUB_ID_SHAPE = re.compile(r"[\w.-]+/[\w.-]+")
 
@@ -32,7 +31,7 @@ _HUB_ID_SHAPE = re.compile(r"[\w.-]+/[\w.-]+")
 class LoadedRows:
     """Validated rows plus where they came from.
 
-    `source`: the file path or hub id read; `revision`: the hub revision asked for (None for files);
+    `source`: the file path, URL or hub id read; `revision`: the hub revision asked for (None for files/URLs);
     `bundled_sample`: True when no source was given and rutune's own sample file was used instead.
     """
 
@@ -94,17 +93,34 @@ def read_hub(hub_id: str, revision: str | None) -> tuple[dict, ...]:
     return _unique(rows, names)
 
 
-def load_rows(source: str | os.PathLike | None = None, revision: str | None = None) -> LoadedRows:
-    """ruIFEval rows from `source`: None (the bundled sample), a local .jsonl path, or a hub dataset id.
+def resolve_source(source: str | os.PathLike | None, revision: str | None = None) -> str | None:
+    """What `source` reads: `HUB_ID` without a revision stands for the pinned upstream file (PINNED_URL)."""
+    if source is not None and os.fspath(source) == HUB_ID and revision is None:
+        return PINNED_URL
+    return None if source is None else os.fspath(source)
 
-    A hub id is loaded at `revision`, else at the revision recorded for it in HUB_REVISIONS (for ruIFEval an
-    unverified placeholder, see HUB_REVISION_UNVERIFIED), else at the hub's default branch.
+
+def load_rows(source: str | os.PathLike | None = None, revision: str | None = None) -> LoadedRows:
+    """ruIFEval rows from `source`: None (the bundled sample), a local .jsonl path, an http(s) URL (downloaded
+    once, cached), `NLP-Core-Team/ruIFEval` (= PINNED_URL, ruIFEval v0.1 at its upstream commit) or another hub
+    dataset id loaded at `revision` (the hub's default branch when none is given).
     """
+    from rutune.eval.errors import EvalError
+    from rutune.eval.upstream import fetch, is_url
+
     if source is None:
         if revision is not None:
             raise IfevalError("a revision was given without a source; revisions apply to hub dataset ids only")
         return LoadedRows(read_jsonl(SAMPLE_PATH), str(SAMPLE_PATH), None, True)
-    text = os.fspath(source)
+    text = resolve_source(source, revision)
+    if is_url(text):
+        if revision is not None:
+            raise IfevalError(f"{text}: a revision applies to hub dataset ids, not to URLs (put the commit in the URL)")
+        try:
+            path = fetch(text)
+        except EvalError as e:
+            raise IfevalError(str(e)) from None
+        return LoadedRows(read_jsonl(path), text, None, False)
     path = Path(text).expanduser()
     if path.is_file():
         if revision is not None:
@@ -112,5 +128,4 @@ def load_rows(source: str | os.PathLike | None = None, revision: str | None = No
         return LoadedRows(read_jsonl(path), str(path), None, False)
     if path.exists() or text.endswith((".jsonl", ".json")) or not _HUB_ID_SHAPE.fullmatch(text):
         raise IfevalError(f"{text}: not a ruIFEval .jsonl file that exists, nor a hub dataset id like {HUB_ID!r}")
-    revision = revision or HUB_REVISIONS.get(text)
     return LoadedRows(read_hub(text, revision), text, revision, False)

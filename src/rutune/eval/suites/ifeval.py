@@ -36,8 +36,9 @@ LEVELS = ("strict", "loose")
 
 class IfevalConfig(Strict):
     """ruIFEval. `path`: null = the bundled 66-prompt sample (written for rutune, not ruIFEval's data), a local
-    .jsonl of ruIFEval rows, or a hub id (`NLP-Core-Team/ruIFEval`) loaded at `revision`. `max_new_tokens`:
-    lm-eval uses 1280; the default is CPU-friendly."""
+    .jsonl of ruIFEval rows, an http(s) URL, `NLP-Core-Team/ruIFEval` (ruIFEval v0.1's 541 prompts from the
+    upstream repository at a pinned commit, downloaded once and cached) or another hub id loaded at `revision`.
+    `max_new_tokens`: lm-eval uses 1280; the default is CPU-friendly."""
 
     path: str | None = None
     revision: str | None = None
@@ -160,15 +161,19 @@ def run(req: EvalRequest) -> dict:
 
 
 def inputs(cfg: IfevalConfig, run_dir) -> list[str]:
-    """The row file's content, or the hub id at the revision it is loaded at."""
+    """The row file's content, the pinned URL (its commit fixes the content), or the hub id at its revision."""
     from rutune.eval.ifeval import SAMPLE_PATH
-    from rutune.eval.ifeval.rows import HUB_REVISIONS
+    from rutune.eval.ifeval.rows import resolve_source
+    from rutune.eval.upstream import is_url
 
     if cfg.path is None:
         return file_inputs(SAMPLE_PATH)
-    if Path(cfg.path).expanduser().is_file() or cfg.path.endswith((".jsonl", ".json")):
-        return file_inputs(cfg.path)
-    return [f"hub:{cfg.path}@{cfg.revision or HUB_REVISIONS.get(cfg.path) or 'default-branch'}"]
+    source = resolve_source(cfg.path, cfg.revision)
+    if is_url(source):
+        return [f"url:{source}"]
+    if Path(source).expanduser().is_file() or source.endswith((".jsonl", ".json")):
+        return file_inputs(source)
+    return [f"hub:{source}@{cfg.revision or 'default-branch'}"]
 
 
 def item_texts(cfg: IfevalConfig) -> dict[str, str]:
