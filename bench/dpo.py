@@ -13,7 +13,10 @@ batch, β and learning rate, loss `sigmoid` (plain DPO), fp32, one torch thread 
 * `trl_pre`:     `DPOTrainer(precompute_ref_log_probs=True)`: TRL's own one-time reference pass, then policy-only
                  steps. For both TRL contenders the printed setup time is construction (tokenisation, reference
                  copy) + `train()` until the first step, so it includes TRL's pass wherever TRL runs it; rutune's
-                 is the reference pass alone (its tokenisation is outside).
+                 is the reference pass alone (its tokenisation is outside);
+* `bare`:        a plain torch loop on the same collated batches with the same cached reference sums: forward,
+                 per-pair sums, `dpo_sigmoid_loss`, backward, clip, fused AdamW step (the Trainer's optimizer) —
+                 the floor any trainer pays. Goal: rutune's step ≤ 1.10× the bare step.
 
 Each contender runs in its own process (peak RSS is its own), warms up one step, times `--steps` steps; `--rounds`
 repeats this alternating the contenders. Pairs per CPU-second from the median per-step process CPU time (the machine
@@ -34,25 +37,38 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simpo import SHAPES, StepClock, _args_common, _load, _peak_rss_mib, _tokenized, make_pairs  # noqa: E402
+from simpo import LR, SHAPES, StepClock, _args_common, _load, _peak_rss_mib, _tokenized, make_pairs  # noqa: E402
 
 BETA = 0.1
-KINDS = ("rutune", "trl", "trl_pre")
+KINDS = ("rutune", "trl", "trl_pre", "bare")
 
 
 def worker_rutune(tok, model_dir, rows, batch, steps, batching):
-    import torch
-    from datasets import Dataset
     from transformers import TrainingArguments
 
-    from rutune.train.pref_batch import collate_pairs
     from rutune.train.preference import build_trainer
     from rutune.train.recipes.preference import PreferenceStage
-    from rutune.train.reference import compute_reference
 
     stage = PreferenceStage(recipe="preference", loss={"name": "dpo", "beta": BETA}, batching=batching)
-    data = Dataset.from_list(_tokenized(tok, rows))
     model = _load(model_dir)
+    data, _, setup = _cached_reference(tok, model, rows, batch, batching)
+    clock = StepClock()
+    args = TrainingArguments(**_args_common(tempfile.mkdtemp(), batch, steps))
+    trainer = build_trainer(model, tok, data, args, stage, callbacks=[clock.callback()])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return clock.times, losses[0], setup
+
+
+def _cached_reference(tok, model, rows, batch, batching):
+    """The tokenised pairs with their reference sums (one no-grad pass, as the stage caches it) and the collator."""
+    import torch
+    from datasets import Dataset
+
+    from rutune.train.pref_batch import collate_pairs
+    from rutune.train.reference import compute_reference
+
+    data = Dataset.from_list(_tokenized(tok, rows))
     if batching == "packed":
         from rutune.attention import PAIR_PACKED
 
@@ -62,12 +78,37 @@ def worker_rutune(tok, model_dir, rows, batch, steps, batching):
     ref = compute_reference(model, data, collate, batch_size=batch, batching=batching, device=torch.device("cpu"))
     setup = (time.perf_counter() - t, time.process_time() - c)
     data = data.add_column("ref_chosen", ref[:, 0].tolist()).add_column("ref_rejected", ref[:, 1].tolist())
-    clock = StepClock()
-    args = TrainingArguments(**_args_common(tempfile.mkdtemp(), batch, steps))
-    trainer = build_trainer(model, tok, data, args, stage, callbacks=[clock.callback()])
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return clock.times, losses[0], setup
+    return data, collate, setup
+
+
+def worker_bare(tok, model_dir, rows, batch, steps, batching):
+    """Forward + loss + backward + clip + AdamW step, nothing else, on the batches rutune's trainer would see."""
+    import torch
+
+    from rutune.train.pref_batch import forward_logps
+    from rutune.train.pref_losses import dpo_sigmoid_loss
+
+    model = _load(model_dir)
+    data, collate, setup = _cached_reference(tok, model, rows, batch, batching)
+    g = torch.Generator().manual_seed(42)
+    order = torch.randperm(len(data), generator=g).tolist()
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
+    times, first = [], None
+    for k in range(0, batch * (steps + 1), batch):
+        b = collate([data[i % len(data)] for i in order[k % len(data):k % len(data) + batch]])  # not timed
+        t, c = time.perf_counter(), time.process_time()
+        _, lp = forward_logps(model, b, batching)
+        n = int(b["num_pairs"])
+        loss = dpo_sigmoid_loss(lp.sum[:n], lp.count[:n], lp.sum[n:2 * n], lp.count[n:2 * n], b["ref_chosen"],
+                                b["ref_rejected"], beta=BETA).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append((time.perf_counter() - t, time.process_time() - c))
+        first = loss.item() if first is None else first
+    return times, first, setup
 
 
 def worker_trl(tok, model_dir, rows, batch, steps, precompute):
@@ -109,6 +150,8 @@ def run_worker(kind, shape, n_pairs, batch, steps, batching) -> dict:
     rows = make_pairs(tok, shape, n_pairs)
     if kind == "rutune":
         times, first, setup = worker_rutune(tok, model_dir, rows, batch, steps, batching)
+    elif kind == "bare":
+        times, first, setup = worker_bare(tok, model_dir, rows, batch, steps, batching)
     else:
         times, first, setup = worker_trl(tok, model_dir, rows, batch, steps, precompute=kind == "trl_pre")
     return {"kind": kind, "shape": shape, "steps": times[1:], "first_loss": first, "setup_wall_s": setup[0],
@@ -163,12 +206,15 @@ def main() -> None:
                   f"{res['first_loss']:.6f}  peak RSS {res['peak_rss_mib']:.0f} MiB", flush=True)
     final = None
     for shape in a.shapes:
-        ours, trl, pre = (results[(shape, k)] for k in KINDS)
+        ours, trl, pre, bare = (results[(shape, k)] for k in KINDS)
         r_default, r_pre = ours["pairs_per_s"] / trl["pairs_per_s"], ours["pairs_per_s"] / pre["pairs_per_s"]
         print(f"{shape}: rutune/TRL default (reference forward every step) {r_default:.2f}x · rutune/TRL "
               f"precompute_ref_log_probs {r_pre:.2f}x · first-loss |diff| vs TRL "
               f"{abs(ours['first_loss'] - trl['first_loss']):.2e} · peak RSS rutune {ours['peak_rss_mib']:.0f} MiB, "
               f"TRL {trl['peak_rss_mib']:.0f} MiB, TRL precompute {pre['peak_rss_mib']:.0f} MiB")
+        print(f"{shape}: rutune step / bare step CPU {ours['cpu_median_s'] / bare['cpu_median_s']:.3f} (goal ≤ 1.10; "
+              f"fastest wall {ours['wall_min_s'] / bare['wall_min_s']:.3f}) · first-loss |diff| vs bare "
+              f"{abs(ours['first_loss'] - bare['first_loss']):.2e}")
         if shape == "rag":
             final = r_pre
     print(f"ratio: {final if final is not None else r_pre:.2f}")
