@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import hashlib
 import json
 import os
@@ -121,15 +122,40 @@ def classify(exc: Exception) -> tuple[str, bool]:
     return type(exc).__name__, False
 
 
+def make_client(profile: JudgeProfile):
+    """The official async client for `profile`, on openai's aiohttp transport (`openai[aiohttp]`).
+
+    Why aiohttp: with 32 requests in flight the default httpx transport spends more event-loop CPU per request
+    (pure-Python HTTP parsing, and a connection pool that rescans every connection on each request start and
+    end); on the 1000-judgment bench the aiohttp transport took ~25 % less client CPU per judgment. Retries are
+    ours (`max_retries=0`), so the client never repeats a call we did not count.
+    """
+    import openai
+
+    return openai.AsyncOpenAI(base_url=profile.base_url, api_key=profile.api_key(), timeout=profile.timeout_s,
+                              max_retries=0, http_client=openai.DefaultAioHttpClient(timeout=profile.timeout_s,
+                                                                                     verify=_tls_context()))
+
+
+@functools.cache
+def _tls_context():
+    """One TLS context per process, made the way the client would make it: building one loads the CA bundle
+    (~25 ms), which every judging run (one per model in a study) would otherwise repeat."""
+    import importlib
+
+    import openai
+
+    # openai 2 builds on httpx, openai 3 on httpx2: use the package its own client class comes from
+    http_cls = next(c for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__name__ == "AsyncClient")
+    return importlib.import_module(http_cls.__module__.split(".")[0]).create_ssl_context()
+
+
 class _Caller:
     """Holds the client, the concurrency limit and the retry policy for one judging run."""
 
     def __init__(self, profile: JudgeProfile, client=None, sleep: Callable = asyncio.sleep):
-        import openai
-
         self.profile = profile
-        self.client = client or openai.AsyncOpenAI(base_url=profile.base_url, api_key=profile.api_key(),
-                                                   timeout=profile.timeout_s, max_retries=0)
+        self.client = client or make_client(profile)
         self.limit = asyncio.Semaphore(profile.concurrency)
         self.sleep = sleep
         self.rng = random.Random(0)
