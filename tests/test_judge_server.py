@@ -80,6 +80,26 @@ def test_concurrency_limit_is_respected(tmp_path):
         assert server.max_in_flight == 3 and len(server.calls) == 24
 
 
+def test_judging_freezes_the_collector_generation_and_gives_it_back(tmp_path):
+    """A full GC pass walks every object of the process and blocks the event loop (~130 ms in bench/judge.py);
+    judging freezes what exists at its start so passes skip it, and unfreezes at the end, also after an error."""
+    import gc
+
+    seen = []
+    with JudgeServer(scripted) as server:
+        judge_games(make_test_games(3), profile(server), load_prompt(), tmp_path / "j.jsonl",
+                    on_done=lambda record: seen.append(gc.get_freeze_count()))
+        assert len(seen) == 6 and min(seen) > 1000  # every record was finished while the objects were frozen
+        assert gc.get_freeze_count() == 0
+
+        def fail(record):
+            raise RuntimeError("callback failed")
+
+        with pytest.raises(RuntimeError):
+            judge_games(make_test_games(4), profile(server), load_prompt(), tmp_path / "k.jsonl", on_done=fail)
+    assert gc.get_freeze_count() == 0
+
+
 def test_fault_mix_loses_nothing(tmp_path):
     """Every call the client counts is one the server saw, reason by reason, even under CPU load.
 

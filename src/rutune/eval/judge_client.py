@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -252,9 +253,15 @@ async def judge_games_async(games: list[Game], profile: JudgeProfile, prompt: Ju
                 log.sync()
 
         syncer = asyncio.ensure_future(sync_periodically())
+        # Why freeze: a full (generation-2) garbage collection walks every object the process holds — openai's
+        # typed models, and in a study torch and the models too — and blocks the event loop meanwhile: ~130 ms
+        # per pass in the judge bench, during which all in-flight answers wait. Frozen objects are skipped, so a
+        # pass only walks what this run allocates; unfreezing at the end hands them back to the collector.
+        gc.freeze()
         try:
             await asyncio.gather(*(run_one(g, k) for g, k in todo))
         finally:
+            gc.unfreeze()
             syncer.cancel()
             await asyncio.gather(syncer, return_exceptions=True)  # let the cancellation land before the loop ends
             log.close()
