@@ -99,10 +99,13 @@ demo-real: $(REAL_STAMP)
 	$(BIN)/rutune run configs/experiments/real_smollm2.yaml
 
 # SimPO, DPO, ORPO, SMPO after the same LoRA SFT, compared on held-out pairs / NLL / Cyrillic share (docs/objectives.md).
+# The on-policy pairs' greedy answers are generated once (cached in runs/_onpolicy); start/end time and load are printed.
 .PHONY: demo-objectives bench-dpo
 demo-objectives: $(REAL_STAMP)
+	@date -u; uptime
 	$(BIN)/rutune run configs/experiments/real_objectives.yaml
 	$(BIN)/rutune report runs/real_objectives --baseline sft
+	@date -u; uptime
 
 bench-dpo: $(STAMP)
 	$(BIN)/python bench/dpo.py
@@ -118,6 +121,17 @@ demo-vocab: $(REAL_STAMP)
 	  $(BIN)/rutune run $$cfg || exit 1; \
 	done
 	$(BIN)/rutune vocab compare runs/vocab_smollm2_base runs/vocab_smollm2
+
+# bits/char vs training steps and CPU seconds, adapted path vs original tokenizer (docs/vocab.md; ~30 min, 1 thread)
+.PHONY: vocab-curve
+vocab-curve: $(REAL_STAMP)
+	for cfg in $(VOCAB_CFGS); do $(BIN)/rutune prepare $$cfg || exit 1; done
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths b a --vocab-steps 0 8 \
+	  --sft-steps 0 4 8 --a-sft-steps 4 --label config
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 8 --a-sft-steps 4 \
+	  --freeze-old-rows --vocab-lr 1e-2
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 16 24 --a-sft-steps 4 \
+	  --label config-long
 
 test-real: $(REAL_STAMP)
 	$(BIN)/python -m pytest -m slow tests/slow tests/test_real_models.py tests/test_smollm2_masks.py --timeout=3600

@@ -39,7 +39,8 @@ def prepare_hash(cfg, eval_set_inputs: list[str] = ()) -> str:
     """The prepare stage's identity: the `data:` block, the seed, every source's content (local files) or hub id at
     its revision, and the identity of the eval sets the contamination check reads (`eval_set_inputs`)."""
     blocks = {k: getattr(cfg.data, k) for k in ("sft", "preference")}
-    fingerprints = [_source_fingerprint(s) for b in blocks.values() if b for s in b.sources]
+    fingerprints = [SOURCES.get(s.name).derived.fingerprint(s, cfg) if SOURCES.get(s.name).derived is not None
+                    else _source_fingerprint(s) for b in blocks.values() if b for s in b.sources]
     slice_ = {"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed, "sources": fingerprints}
     return stage_identity(slice_, upstream=list(eval_set_inputs))
 
@@ -57,6 +58,9 @@ def check_sources(cfg) -> dict[tuple[str, int], tuple]:
             adapter = SOURCES.get(src.name)
             if adapter.kind != kind:
                 raise DataError(f"data.{kind}.sources.{i}: {src.name} is a {adapter.kind} source, not {kind}")
+            if adapter.derived is not None:  # built from this run's prepared data: checked, not opened
+                adapter.derived.check(src, cfg, f"data.{kind}.sources.{i}")
+                continue
             if Path(describe_location(src)).exists() or src.path is None:
                 loaded[(kind, i)] = load_source(src)
     return loaded
@@ -150,8 +154,17 @@ def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path, loaded: dict) 
     parts, reports, plans, train_sel, holdout_sel = [], [], [], [], []
     holdout_percent = getattr(block, "holdout_percent", 0)
     for i, src in enumerate(block.sources):
+        derived, info = SOURCES.get(src.name).derived, None
+        if derived is not None:  # e.g. on_policy: built from the blocks prepared before this one
+            *loaded_i, info = derived.load(src, cfg, rd.prepare, f"data.{kind}.sources.{i}")
+            loaded[(kind, i)] = tuple(loaded_i)
         path, report = _filter_source(src, i, kind, cfg, dedup, work, loaded.get((kind, i)))
-        keep, held = holdout_split(report["after_filters"], percent=holdout_percent, seed=cfg.seed, source=src.name)
+        if derived is not None:  # its own split (on_policy: by the SFT split of the row it came from)
+            keep, held = derived.split(path)
+            report["generation"] = info
+        else:
+            keep, held = holdout_split(report["after_filters"], percent=holdout_percent, seed=cfg.seed,
+                                       source=src.name)
         plan = plan_source(src.name, len(keep), seed=cfg.seed, percent=src.percent, count=src.count)
         report.update(held_out=len(held), available=len(keep), requested=plan.requested, realised=plan.realised)
         parts.append(path)
@@ -163,7 +176,7 @@ def _prepare_block(kind: str, block, cfg, rd: RunDir, work: Path, loaded: dict) 
     out = rd.prepare / OUTPUTS[kind]
     rows = _write_selection(parts, train_sel, order, out)
     result: dict[str, Any] = {"file": OUTPUTS[kind], "rows": rows, "content_hash": file_hash(out), "sources": reports}
-    if holdout_percent:
+    if holdout_percent or any(holdout_sel):
         hold_order = [(p, k) for p, sel in enumerate(holdout_sel) for k in range(len(sel))]
         hold_out = rd.prepare / f"{kind}_holdout.parquet"
         result["holdout"] = {"file": hold_out.name,

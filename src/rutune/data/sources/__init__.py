@@ -26,6 +26,8 @@ SOURCES: Registry[Source] = Registry("source", __name__, "SOURCE")
 def describe_location(cfg) -> str:
     """Where a source's rows come from, for messages: a file path, a hub id@revision, or the bundled sample."""
     adapter = SOURCES.get(cfg.name)
+    if adapter.derived is not None:
+        return adapter.derived.describe(cfg)
     if cfg.path is None:
         return str(adapter.sample)
     if is_local_path(cfg.path):

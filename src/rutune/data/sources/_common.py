@@ -47,7 +47,10 @@ class Source:
     block it feeds (`sft` or `preference`); `hub_id`/`revision`: the public dataset and the pinned commit;
     `columns`: raw columns it reads (a file missing any is rejected); `to_record`/`drop_reason`: raw row →
     canonical record, and the source-specific filters; `short`: the name the report uses ("GM", "Saiga");
-    `sample`: the bundled sample file in the hub schema (`samples/<name>.jsonl`).
+    `sample`: the bundled sample file in the hub schema (`samples/<name>.jsonl`). `derived`: for a source whose
+    rows are built from the run's own prepared data rather than read from a file (`on_policy`), an object with
+    `check(src, cfg, key)`, `fingerprint(src, cfg)`, `describe(src)`, `load(src, cfg, prepare_dir, key)` →
+    `(dataset, where, info)` and `split(part_path)` → `(train indices, held-out indices)`; None for file sources.
     """
 
     name: str
@@ -60,6 +63,7 @@ class Source:
     drop_reason: Callable[[dict, Any, int], str | None]
     short: str
     order: int = 100
+    derived: Any = None
 
     @property
     def sample(self) -> Path:
