@@ -171,7 +171,8 @@ def test_text_blocks_join_texts_with_eos_and_drop_the_partial_tail(tiny_model_di
     ({"new_tokens": 0}, "positive number of new tokens"),
     ({"new_tokens": 2_000_000}, "not a sane extension"),
     ({"freeze_old_rows": True, "weight_decay": 0.01}, "weight_decay: 0"),
-    ({"lora": {"r": 4}}, "not supported yet"),
+    ({"lora": {"r": 4, "merge_on_save": False}}, "merge_on_save: false is not supported in a vocab stage"),
+    ({"lora": {"r": 4}, "train_embeddings": False}, "trains nothing"),
 ])
 def test_bad_stage_settings_are_config_errors(tmp_path, stage, needle):
     from rutune.config import ConfigError, parse_config

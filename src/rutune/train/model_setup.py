@@ -37,16 +37,21 @@ def load_stage_model(path: str, model_cfg=None, *, attn_implementation: str | No
     return model
 
 
-def apply_lora(model, lora_cfg, *, seed: int = 0):
+def apply_lora(model, lora_cfg, *, seed: int = 0, modules_to_save: list[str] | None = None,
+               ensure_weight_tying: bool = False):
     """Wrap `model` with peft LoRA adapters per the stage's `lora:` block (r, alpha, dropout, target modules).
 
     The adapters' random init (A matrices) is drawn from `seed`, so two runs of a config start identically.
+    `modules_to_save`: modules trained fully beside the adapters (saved in the adapter folder);
+    `ensure_weight_tying` keeps a tied LM head tied to the trained embedding copy.
     """
     import torch
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
 
+    extra = {"modules_to_save": list(modules_to_save), "ensure_weight_tying": ensure_weight_tying} \
+        if modules_to_save else {}
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                        target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM")
+                        target_modules=lora_cfg.target_modules, task_type="CAUSAL_LM", **extra)
     return get_peft_model(model, config)

@@ -85,7 +85,8 @@ def run_stage(cfg, stage, run: RunDir, *, force: bool = False, show_progress: bo
         _reset_if_stale(stage_dir, expected, force)
     checkpoint = recipe.run(cfg, stage, run, show_progress=show_progress)
     if _is_main_process():
-        write_manifest(stage_dir, {"input_hash": expected, "stage": stage.name, "recipe": stage.recipe,
+        write_manifest(stage_dir, {**recipe.manifest(cfg, stage, checkpoint),
+                                   "input_hash": expected, "stage": stage.name, "recipe": stage.recipe,
                                    "data_block": recipe.data_block, "init_from": stage.init_from,
                                    "checkpoint": str(checkpoint)})
         shutil.rmtree(stage_dir / "trainer", ignore_errors=True)  # resume state, useless once the stage is done

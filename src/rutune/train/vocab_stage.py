@@ -11,7 +11,9 @@ Layout under `train/<stage>/`:
 Training text: the merge-side sample texts (`russian_text.merge_side_texts`), each followed by the end-of-text
 token, concatenated and cut into blocks of `max_tokens` (the last partial block is dropped). Loss: mean next-token
 NLL over each block. Everything but the input embedding and the LM head is frozen; with `freeze_old_rows` a
-gradient mask keeps rows below the first new id unchanged (the tied head shares the mask).
+gradient mask keeps rows below the first new id unchanged (the tied head shares the mask). With `lora:` the other
+layers get LoRA adapters too (the embedding and head then train as peft `modules_to_save`), and the final
+checkpoint has the adapters merged: a plain transformers checkpoint, no adapter files.
 """
 
 from __future__ import annotations
@@ -96,13 +98,20 @@ def text_blocks(tokenizer, texts: list[str], block: int) -> list[list[int]]:
     return rows
 
 
+def _mask_old_rows(weight, first_new_id: int) -> None:
+    """Gradient mask: rows below `first_new_id` get a zero gradient (so AdamW without decay never moves them)."""
+    import torch
+
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
+    mask[first_new_id:] = 1
+    weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+
+
 def freeze_all_but_embeddings(model, *, first_new_id: int, freeze_old_rows: bool) -> dict:
     """Only the input embedding and LM head train (tied: one matrix); optionally only their new rows.
 
     Returns counts for meta.json: trainable parameters (all rows of the trained matrices) and the rows that move.
     """
-    import torch
-
     for p in model.parameters():
         p.requires_grad_(False)
     matrices = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
@@ -110,12 +119,45 @@ def freeze_all_but_embeddings(model, *, first_new_id: int, freeze_old_rows: bool
     for weight in matrices.values():
         weight.requires_grad_(True)
         if freeze_old_rows:
-            mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
-            mask[first_new_id:] = 1
-            weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
+            _mask_old_rows(weight, first_new_id)
     rows = model.get_input_embeddings().weight.shape[0]
     return {"trainable_parameters": sum(w.numel() for w in matrices.values()), "matrices": len(matrices),
             "rows_trained": rows - first_new_id if freeze_old_rows else rows}
+
+
+def embedding_modules(model) -> tuple[list[str], bool]:
+    """(Module names of the input embedding and LM head as peft's `modules_to_save` matches them, tied?).
+
+    A tied head is left out (peft's `ensure_weight_tying` ties it to the trained embedding copy)."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out is not None and out.weight is inp.weight
+    names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is inp or (m is out and not tied)]
+    return names, tied
+
+
+def lora_with_embeddings(model, lora_cfg, *, first_new_id: int, freeze_old_rows: bool, seed: int):
+    """LoRA adapters on the other layers (`model_setup.apply_lora`, the sft recipe's setup) + the input embedding
+    and LM head trained fully as peft `modules_to_save` (ruadapt's PEFT variant), so a Trainer checkpoint — the
+    adapter folder — carries the trained matrices and the final save merges both into full weights.
+
+    Returns (peft model, counts for meta.json)."""
+    from rutune.train.model_setup import apply_lora
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names, tied = embedding_modules(model)
+    model = apply_lora(model, lora_cfg, seed=seed, modules_to_save=names, ensure_weight_tying=tied)
+    matrices = {id(p): p for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+                for p in m.parameters() if p.requires_grad}
+    if freeze_old_rows:
+        for weight in matrices.values():
+            _mask_old_rows(weight, first_new_id)
+    rows = next(iter(matrices.values())).shape[0]
+    embedding = sum(w.numel() for w in matrices.values())
+    return model, {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   "embedding_parameters": embedding, "lora_parameters":
+                   sum(p.numel() for p in model.parameters() if p.requires_grad) - embedding,
+                   "matrices": len(matrices), "rows_trained": rows - first_new_id if freeze_old_rows else rows}
 
 
 def collate_blocks(rows: list[dict]) -> dict:
@@ -159,7 +201,11 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     blocks = text_blocks(tokenizer, texts, stage.max_tokens)
     model = load_stage_model(str(adapted), None, from_base=False)
     first_new_id = record["extension"]["first_new_id"]
-    trained = freeze_all_but_embeddings(model, first_new_id=first_new_id, freeze_old_rows=stage.freeze_old_rows)
+    if stage.lora is None:
+        trained = freeze_all_but_embeddings(model, first_new_id=first_new_id, freeze_old_rows=stage.freeze_old_rows)
+    else:
+        model, trained = lora_with_embeddings(model, stage.lora, first_new_id=first_new_id,
+                                              freeze_old_rows=stage.freeze_old_rows, seed=cfg.seed)
     args = training_arguments(stage, paths.trainer_dir, seed=cfg.seed)
     dataset = Dataset.from_dict({"input_ids": blocks})
     trainer = RecipeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collate_blocks,
@@ -172,7 +218,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
               "training_tokens": len(blocks) * stage.max_tokens}
     meta = stage_meta(cfg, stage, init_path=init_path, data_manifest_hash=None, extra={
         "recipe": "vocab", "text": record["text"], "extension": record["extension"], "init": record["init"],
-        "trained": {**trained, "freeze_old_rows": stage.freeze_old_rows},
+        "trained": {**trained, "freeze_old_rows": stage.freeze_old_rows, "lora": stage.lora is not None},
         "data_rows": counts,
         "train": {"global_steps": result.global_step, "mean_loss": result.training_loss,
                   "first_loss": metrics[0]["loss"] if metrics else None,
@@ -203,5 +249,5 @@ def _copy_untrained(cfg, stage, paths, adapted: Path, init_path: str, record: di
     return out
 
 
-__all__ = ["adapt", "block_step_loss", "check_inputs", "collate_blocks", "freeze_all_but_embeddings", "run_stage",
-           "text_blocks"]
+__all__ = ["adapt", "block_step_loss", "check_inputs", "collate_blocks", "embedding_modules",
+           "freeze_all_but_embeddings", "lora_with_embeddings", "run_stage", "text_blocks"]

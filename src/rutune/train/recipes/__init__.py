@@ -5,7 +5,9 @@ A recipe declares, once: its name (the `recipe:` tag of a `train.stages` entry),
 (`sft`, `preference`, or None for a recipe that brings its own data), its run function
 `run(cfg, stage, run_dir, *, show_progress) -> checkpoint folder`, a `check(cfg, stage, run_dir)` that
 rejects missing inputs before the stage's folder is created, and `inputs(cfg, stage)`: what else the stage reads
-(a named reference model's weights) beyond the common identity parts. The config union, `init_from`/data-link checks,
+(a named reference model's weights) beyond the common identity parts, and `manifest(cfg, stage, checkpoint)`:
+extra keys for the finished stage's `manifest.json` (e.g. the text sources and licences a recipe brought itself;
+the common keys win on a clash). The config union, `init_from`/data-link checks,
 stage dispatch, `--force` help and the train manifest (which the report reads for its labels) derive from
 `RECIPES`; the loss maths stays pure in `rutune.train.losses`.
 
@@ -32,6 +34,7 @@ class Recipe:
     check: Callable[[Any, Any, Any], None] = lambda cfg, stage, run_dir: None
     inputs: Callable[[Any, Any], list[str]] = lambda cfg, stage: []  # identity parts beyond the common ones
     order: int = 100
+    manifest: Callable[[Any, Any, Path], dict] = lambda cfg, stage, checkpoint: {}  # extra manifest.json keys
 
 
 RECIPES: Registry[Recipe] = Registry("recipe", __name__, "RECIPE")

@@ -34,7 +34,8 @@ class VocabStage(OptimConfig):
     """`new_tokens`: size of the extension (the core refuses more than 10× the vocabulary or 1,000,000).
     `train_embeddings: false` stops after the mean initialisation (no training steps). `freeze_old_rows`: only
     the new rows move (a gradient mask; needs `weight_decay: 0`). `max_tokens`: length of the training blocks
-    (texts joined with the end-of-text token, cut into equal blocks)."""
+    (texts joined with the end-of-text token, cut into equal blocks). `lora:` (optional): LoRA adapters on the
+    other layers while the embedding and LM head train fully; merged into the saved checkpoint."""
 
     recipe: Literal["vocab"]
     name: str = Field(default="vocab", pattern=r"^[A-Za-z0-9_\-]+$")
@@ -55,8 +56,11 @@ class VocabStage(OptimConfig):
             raise ValueError(f"new_tokens {self.new_tokens}: more than 1,000,000 new tokens is not a sane extension")
         if self.freeze_old_rows and self.weight_decay:
             raise ValueError("freeze_old_rows needs weight_decay: 0 (decay would still move the frozen rows)")
-        if self.lora is not None:
-            raise ValueError("lora in a vocab stage is not supported yet: it trains embeddings + LM head fully")
+        if self.lora is not None and not self.lora.merge_on_save:
+            raise ValueError("lora.merge_on_save: false is not supported in a vocab stage: its checkpoint must be a "
+                             "full model (the resized embedding matrix lives outside the adapters)")
+        if self.lora is not None and not self.train_embeddings:
+            raise ValueError("lora with train_embeddings: false trains nothing; drop lora or train the embeddings")
         return self
 
 
@@ -73,5 +77,26 @@ def check(cfg, stage, run_dir) -> None:
     check_inputs(stage)
 
 
+def manifest(cfg, stage, checkpoint) -> dict:
+    """The stage manifest records what the merges and the embedding training learned from: each text source with
+    package, version and licence (from the checkpoint's meta.json), the split, and the extension's size."""
+    import json
+    from pathlib import Path
+
+    meta_path = Path(checkpoint) / "meta.json"
+    if not meta_path.is_file():
+        return {}
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    text = meta.get("text") or {}
+    ext = meta.get("extension") or {}
+    return {"text_sources": [{k: s.get(k) for k in ("name", "package", "version", "licence", "used", "detail")}
+                             for s in text.get("sources", [])],
+            "text_split": {"settings": text.get("settings"),
+                           "merge_documents": len(text.get("merge_documents") or []),
+                           "heldout_documents": len(text.get("heldout_documents") or [])},
+            "vocab": {k: ext.get(k) for k in ("first_new_id", "num_new_tokens", "vocab_size", "fingerprint",
+                                              "base_fingerprint")}}
+
+
 RECIPE = Recipe("vocab", VocabStage, None, run, title="Russian vocabulary extension + embedding training",
-                check=check, order=5)
+                check=check, order=5, manifest=manifest)
