@@ -77,6 +77,23 @@ def file_hash(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+_MODEL_HASHES: dict[tuple, str] = {}
+
+
+def model_hash(path: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensors", ".json")) -> str:
+    """Content hash of a model folder's top-level files with `suffixes` (weights, configs, tokenizer); a hub id
+    hashes as its name (the hub pins it, not us). Memoised per (file, size, mtime): a run reads the weights once
+    even when several stages or sources ask."""
+    p = Path(path)
+    if not p.is_dir():
+        return stable_hash(["hub", str(path)])
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in suffixes)
+    memo = (str(p.resolve()), suffixes, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if memo not in _MODEL_HASHES:
+        _MODEL_HASHES[memo] = stable_hash([(f.name, file_hash(f)) for f in files])
+    return _MODEL_HASHES[memo]
+
+
 def input_hash(config_slice: Any, upstream_hashes: list[str] | tuple[str, ...] = ()) -> str:
     """The identity of a stage's inputs: its own config, what it reads, and the code version."""
     return stable_hash({"config": config_slice, "upstream": list(upstream_hashes), "code": __version__})

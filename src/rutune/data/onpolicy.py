@@ -30,11 +30,10 @@ from typing import Any
 
 from rutune.data.filters import normalise, russian_share
 from rutune.data.sources._common import DataError, seeded_unit
-from rutune.rundir import file_hash, stable_hash
+from rutune.rundir import model_hash, stable_hash
 
 CACHE_DIR = "_onpolicy"
 CACHE_FORMAT = 1
-_WEIGHTS: dict[tuple, str] = {}
 
 
 # ---------------------------------------------------------------- model and identity
@@ -55,17 +54,8 @@ def model_path(src, cfg, key: str) -> str:
 
 
 def weights_hash(path: str) -> str:
-    """Content hash of a model folder's `*.safetensors` and `*.json` (weights, config, tokenizer and its chat
-    template); memoised per (file, size, mtime) so a run hashes the weights once. A hub id hashes as its name."""
-    p = Path(path)
-    if not p.is_dir():
-        return stable_hash(["hub", str(path)])
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in (".safetensors", ".json", ".jinja"))
-    stat = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    memo = (str(p.resolve()), stat)
-    if memo not in _WEIGHTS:
-        _WEIGHTS[memo] = stable_hash([(f.name, file_hash(f)) for f in files])
-    return _WEIGHTS[memo]
+    """Content hash of the weights, config and tokenizer files, chat template included (`rundir.model_hash`)."""
+    return model_hash(path, (".safetensors", ".json", ".jinja"))
 
 
 def _key_of(src, cfg) -> str:

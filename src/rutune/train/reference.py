@@ -21,7 +21,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from rutune.rundir import atomic_path, file_hash, stable_hash
+from rutune.rundir import atomic_path, model_hash, stable_hash
 from rutune.train.errors import TrainError
 
 CACHE_DIR = "_reference"
@@ -57,13 +57,8 @@ def pairs_hash(dataset) -> str:
 
 
 def weights_hash(path: str) -> str:
-    """Content hash of a model folder's weights and configs (`*.safetensors`, `*.json`); a hub id hashes as its
-    name (it is pinned by the hub, not by us)."""
-    p = Path(path)
-    if not p.is_dir():
-        return stable_hash(["hub", str(path)])
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in (".safetensors", ".json"))
-    return stable_hash([(f.name, file_hash(f)) for f in files])
+    """Content hash of a model folder's weights and configs (`*.safetensors`, `*.json`; `rundir.model_hash`)."""
+    return model_hash(path)
 
 
 def cache_file(output_root, key: str) -> Path:
