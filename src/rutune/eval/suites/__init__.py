@@ -64,6 +64,17 @@ def file_inputs(*paths: str | Path | None) -> list[str]:
     return [file_fingerprint(p) for p in paths if p]
 
 
+def values_summary(label: str) -> Callable[[dict], str]:
+    """A `Suite.summary` that prints every metric's value: `<label> <model>: name 0.123, ...`."""
+
+    def summary(res: dict) -> str:
+        parts = [f"{k} {v['value']:.3f}" for k, v in res["metrics"].items()
+                 if isinstance(v, dict) and v.get("value") is not None]
+        return f"{label} {res['model']}: " + ", ".join(parts)
+
+    return summary
+
+
 def prepared_file(given: str | None, run_dir: RunDir | None, file_name: str, *, option: str, what: str) -> Path:
     """A suite's data file: the path the config gives, else the experiment's `prepare/<file_name>`; outside an
     experiment (`rutune eval`) without a path, an EvalError naming the option to pass."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rutune.eval.errors import EvalError
-from rutune.eval.suites import EvalRequest, Suite, file_inputs, prepared_file
+from rutune.eval.suites import EvalRequest, Suite, file_inputs, prepared_file, values_summary
 from rutune.results import annotate, display
 from rutune.schema import NonNegativeInt, PositiveInt, Strict
 
@@ -55,11 +55,5 @@ def inputs(cfg: NllConfig, run_dir) -> list[str]:
         return []
 
 
-def summary(res: dict) -> str:
-    m = res["metrics"]
-    parts = [f"{k} {v['value']:.3f}" for k, v in m.items() if isinstance(v, dict) and v.get("value") is not None]
-    return f"held-out {res['model']}: " + ", ".join(parts)
-
-
 SUITE = Suite("nll", NllConfig, run, title="Held-out Russian NLL per token and the Cyrillic share of answers.",
-              summary=summary, inputs=inputs, order=40)
+              summary=values_summary("held-out"), inputs=inputs, order=40)

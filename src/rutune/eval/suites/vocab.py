@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rutune.eval.suites import EvalRequest, Suite, file_inputs
+from rutune.eval.suites import EvalRequest, Suite, file_inputs, values_summary
 from rutune.results import annotate, display
 from rutune.schema import NonNegativeInt, Number, PositiveInt, Strict
 from pydantic import Field
@@ -274,11 +274,5 @@ def inputs(cfg: VocabConfig, run_dir) -> list[str]:
     return file_inputs(*samples, *prepared)
 
 
-def summary(res: dict) -> str:
-    m = res["metrics"]
-    parts = [f"{k} {v['value']:.3f}" for k, v in m.items() if isinstance(v, dict) and v.get("value") is not None]
-    return f"vocab {res['model']}: " + ", ".join(parts)
-
-
 SUITE = Suite("vocab", VocabConfig, run, title="Russian chars/token, tokens/word, bits/char and generation speed.",
-              summary=summary, inputs=inputs, order=60)
+              summary=values_summary("vocab"), inputs=inputs, order=60)
