@@ -73,7 +73,8 @@ def _cached_reference(tok, model, rows, batch, batching):
         from rutune.attention import PAIR_PACKED
 
         model.set_attn_implementation(PAIR_PACKED)
-    collate = lambda f: collate_pairs(f, batching=batching, pad_id=tok.pad_token_id)  # noqa: E731
+    # the stage's collator (`preference.stage_collator`): bool prefix-shared masks, expanded in the forward
+    collate = lambda f: collate_pairs(f, batching=batching, pad_id=tok.pad_token_id, mask_dtype=torch.bool)  # noqa: E731
     t, c = time.perf_counter(), time.process_time()
     ref = compute_reference(model, data, collate, batch_size=batch, batching=batching, device=torch.device("cpu"))
     setup = (time.perf_counter() - t, time.process_time() - c)

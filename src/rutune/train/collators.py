@@ -96,8 +96,9 @@ def collate_prefix_shared(pairs: Sequence, *, pad_id: int, mask_dtype: torch.dty
 
     The shared prefix is computed once; each branch starts with the prompt's last token (whose logit
     predicts the response's first token) and drops the response's last token (nothing predicts from it).
-    A 4D additive mask `(rows, 1, L, L)` (0 attend, dtype-min blocked) lets each branch see the prefix and
-    itself causally, never the other branch, and `position_ids` restart each branch at len(prompt) − 1, so
+    A 4D additive mask `(rows, 1, L, L)` (0 attend, dtype-min blocked; with `mask_dtype=torch.bool` True
+    attend) lets each branch see the prefix and itself causally, never the other branch, and `position_ids`
+    restart each branch at len(prompt) − 1, so
     every logit equals the one a separate forward of prompt‖response gives. Left padding puts all targets
     in the last `logits_to_keep` positions, so the LM head runs on response positions only.
 
@@ -115,8 +116,15 @@ def collate_prefix_shared(pairs: Sequence, *, pad_id: int, mask_dtype: torch.dty
     target_segment = torch.full((n, keep), -1, dtype=torch.long)
     # Causal everywhere, then per row: block the padding keys (pads see only themselves, so no row is all-blocked)
     # and the rectangle rejected-queries × chosen-keys. Built by slices: one full-size pass instead of a dozen.
-    blocked = torch.finfo(mask_dtype).min
-    mask = torch.full((width, width), blocked, dtype=mask_dtype).triu_(1).expand(n, 1, width, width).clone()
+    # A bool mask (True = attend) is a quarter of a float32 one; `pref_batch.forward_logps` expands it to the
+    # additive form just before the forward, so only the batch in the model holds the float copy, not the one the
+    # data loader fetched ahead.
+    if mask_dtype == torch.bool:
+        blocked, attend = False, True
+        mask = torch.ones((width, width), dtype=torch.bool).tril_().expand(n, 1, width, width).clone()
+    else:
+        blocked, attend = torch.finfo(mask_dtype).min, 0
+        mask = torch.full((width, width), blocked, dtype=mask_dtype).triu_(1).expand(n, 1, width, width).clone()
     for i, (p, c, r) in enumerate(rows):
         start = width - lengths[i]
         prefix, last = p[:-1], p[-1]
@@ -132,7 +140,7 @@ def collate_prefix_shared(pairs: Sequence, *, pad_id: int, mask_dtype: torch.dty
         if start:
             mask[i, 0, :, :start] = blocked
             pads = torch.arange(start)
-            mask[i, 0, pads, pads] = 0
+            mask[i, 0, pads, pads] = attend
         mask[i, 0, rejected_at:, chosen_at:rejected_at] = blocked
     return {
         "input_ids": input_ids,

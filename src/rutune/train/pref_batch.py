@@ -68,6 +68,22 @@ def collate_pairs(features: Sequence, *, batching: str, pad_id: int, mask_dtype=
     return batch
 
 
+def additive_mask(mask, model):
+    """A prefix-shared 4D mask in the form SDPA takes without a copy per layer: additive, in the attention's dtype
+    (the autocast dtype when autocast is on, else the model's). A bool mask (True = attend, what the stage's
+    collator builds: a quarter of the float32 size while the data loader holds the next batch) is expanded here,
+    so the float copy lives only for the step that uses it. SDPA would convert a bool mask itself, once per
+    layer."""
+    device = mask.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
+        else model.get_input_embeddings().weight.dtype
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    if mask.dtype != dtype:
+        return mask.to(dtype).clamp_min(torch.finfo(dtype).min)
+    return mask
+
+
 def forward_logps(model, inputs: dict, batching: str, *, with_prompt: bool = False):
     """The model's forward on a collated preference batch and the per-segment log-prob sums and counts
     (segments: chosen 0…n−1, rejected n…2n−1, then prompts 2n…3n−1 when the batch has prompt targets)."""
@@ -78,11 +94,8 @@ def forward_logps(model, inputs: dict, batching: str, *, with_prompt: bool = Fal
     else:
         forward = {k: inputs[k] for k in FORWARD_KEYS}
         mask = forward["attention_mask"]
-        if mask.is_floating_point():
-            device = mask.device.type
-            if torch.is_autocast_enabled(device):  # SDPA wants the mask in the attention's (autocast) dtype
-                dtype = torch.get_autocast_dtype(device)
-                forward["attention_mask"] = mask.to(dtype).clamp_min(torch.finfo(dtype).min)
+        if mask.dim() == 4:
+            forward["attention_mask"] = additive_mask(mask, model)
     outputs = model(**forward, use_cache=False, logits_to_keep=inputs["logits_to_keep"])
     n = int(inputs["num_pairs"])
     lp = sequence_logps(outputs.logits, inputs["target_ids"], segment_ids=inputs["target_segment"],
@@ -90,4 +103,4 @@ def forward_logps(model, inputs: dict, batching: str, *, with_prompt: bool = Fal
     return outputs, lp
 
 
-__all__ = ["REF_COLUMNS", "add_prompt_targets", "collate_pairs", "forward_logps"]
+__all__ = ["REF_COLUMNS", "add_prompt_targets", "additive_mask", "collate_pairs", "forward_logps"]

@@ -81,9 +81,43 @@ def load_cached(path: Path, key: str, n_pairs: int):
     return logps
 
 
+# The pass's micro-batches keep a prefix-shared / concat batch's L×L attention mask (and SDPA's per-row work) under
+# this many elements: bench/dpo.py's RAG batch, 4 pairs × 3,361 tokens, held a 180 MB float32 mask and made the pass,
+# not the training steps, the process's peak; one such pair alone is 11.3M elements. Short pairs still go
+# `batch_size` at a time. The sums differ from a full-batch pass only by float rounding (padding changes the
+# reduction order), as they already do from the shuffled training batches.
+REFERENCE_MASK_ELEMENTS = 1 << 24
+
+
+def micro_batches(widths_rows: list[tuple[int, int]], *, batch_size: int, budget: int = REFERENCE_MASK_ELEMENTS):
+    """Consecutive [first, end) ranges of pairs: at most `batch_size` pairs, and at most `budget` mask elements
+    (rows × padded width²) unless a single pair alone needs more. `widths_rows[i]` = (pair i's row width, rows)."""
+    ranges, first, width, rows = [], 0, 0, 0
+    for i, (w, r) in enumerate(widths_rows):
+        grown_w, grown_r = max(width, w), rows + r
+        if i > first and (i - first >= batch_size or grown_r * grown_w * grown_w > budget):
+            ranges.append((first, i))
+            first, grown_w, grown_r = i, w, r
+        width, rows = grown_w, grown_r
+    if widths_rows:
+        ranges.append((first, len(widths_rows)))
+    return ranges
+
+
+def pair_widths(dataset, batching: str) -> list[tuple[int, int]]:
+    """(row width, rows) per pair in the stage's layout; packed rows have no mask, so they count as width 0."""
+    rows = zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+    if batching == "prefix_shared":
+        return [(len(p) - 1 + len(c) + len(r), 1) for p, c, r in rows]
+    if batching == "concat":
+        return [(len(p) + max(len(c), len(r)), 2) for p, c, r in rows]
+    return [(0, 1) for _ in rows]
+
+
 def compute_reference(model, dataset, collate, *, batch_size: int, batching: str, device, autocast_dtype=None):
     """(pairs, 2) float64 reference sums [chosen, rejected] in dataset order: the stage's collator on consecutive
-    chunks of `batch_size` pairs, the stage's forward, under no_grad and in eval mode (no dropout)."""
+    micro-batches of at most `batch_size` pairs (`micro_batches`: long pairs fewer at a time), the stage's
+    forward, under no_grad and in eval mode (no dropout)."""
     import torch
 
     from rutune.train.pref_batch import forward_logps
@@ -94,8 +128,9 @@ def compute_reference(model, dataset, collate, *, batch_size: int, batching: str
     model.eval()
     try:
         with torch.no_grad():
-            for first in range(0, len(dataset), batch_size):
-                rows = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
+            for first, end in micro_batches(pair_widths(dataset, batching), batch_size=batch_size,
+                                            budget=REFERENCE_MASK_ELEMENTS):
+                rows = [dataset[i] for i in range(first, end)]
                 batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate(rows).items()}
                 amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None \
                     else contextlib.nullcontext()
@@ -104,6 +139,7 @@ def compute_reference(model, dataset, collate, *, batch_size: int, batching: str
                 n = len(rows)
                 out[first:first + n, 0] = lp.sum[:n].double().cpu()
                 out[first:first + n, 1] = lp.sum[n:2 * n].double().cpu()
+                del batch, lp
     finally:
         model.train(was_training)
     return out
@@ -169,5 +205,5 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-__all__ = ["CACHE_DIR", "PASSES", "attach_reference", "cache_file", "check_reference", "compute_reference",
-           "load_cached", "pairs_hash", "weights_hash"]
+__all__ = ["CACHE_DIR", "PASSES", "REFERENCE_MASK_ELEMENTS", "attach_reference", "cache_file", "check_reference",
+           "compute_reference", "load_cached", "micro_batches", "pair_widths", "pairs_hash", "weights_hash"]
