@@ -78,7 +78,8 @@ def additive_mask(mask, model):
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) \
         else model.get_input_embeddings().weight.dtype
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        zero = torch.zeros((), dtype=dtype, device=mask.device)  # one pass over the mask (zeros + fill is two)
+        return torch.where(mask, zero, torch.finfo(dtype).min)
     if mask.dtype != dtype:
         return mask.to(dtype).clamp_min(torch.finfo(dtype).min)
     return mask
