@@ -98,9 +98,9 @@ def collate_prefix_shared(pairs: Sequence, *, pad_id: int, mask_dtype: torch.dty
     predicts the response's first token) and drops the response's last token (nothing predicts from it).
     A 4D additive mask `(rows, 1, L, L)` (0 attend, dtype-min blocked; with `mask_dtype=torch.bool` True
     attend) lets each branch see the prefix and itself causally, never the other branch, and `position_ids`
-    restart each branch at len(prompt) − 1, so
-    every logit equals the one a separate forward of prompt‖response gives. Left padding puts all targets
-    in the last `logits_to_keep` positions, so the LM head runs on response positions only.
+    restart each branch at len(prompt) − 1, so every logit equals the one a separate forward of
+    prompt‖response gives. Left padding puts all targets in the last `logits_to_keep` positions, so the LM
+    head runs on response positions only.
 
     Targets: `target_ids[r, t]` is what logit `L − K + t` predicts; `target_segment` names the sequence
     (pair i's chosen = i, rejected = n + i; −1 none), the input of `losses.sequence_logps`.
