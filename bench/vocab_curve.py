@@ -137,7 +137,8 @@ def record(log: Path, point: dict, rows, gen) -> dict:
              "new_token_share": m.get("new_token_share", {}).get("value"),
              "gen_chars_per_s": m.get("gen_chars_per_s", {}).get("value"),
              "gen_tokens": sum(g["generated_tokens"] for g in gen), "load_average": list(os.getloadavg()),
-             "items": [{"id": r["id"], "bits": r["bits"], "chars": r["chars"]} for r in rows]}
+             "items": [{"id": r["id"], "bits": r["bits"], "chars": r["chars"]} for r in rows],
+             "answers": [g["text"] for g in gen]}
     with log.open("a", encoding="utf-8") as f:
         f.write(json.dumps(point, ensure_ascii=False) + "\n")
     bpc = m["bits_per_char"]
@@ -145,6 +146,8 @@ def record(log: Path, point: dict, rows, gen) -> dict:
           f"bits/char {bpc['value']:.3f} [{bpc['ci_low']:.3f}, {bpc['ci_high']:.3f}]  new-token share "
           f"{_fmt(point['new_token_share'])}  chars/s {_fmt(point['gen_chars_per_s'], 1)}  load "
           f"{point['load_average'][0]:.1f}", flush=True)
+    for text in point["answers"]:  # what the speed was measured on: a loop is fast and useless
+        print(f"    answer: {text[:120]!r}", flush=True)
     return point
 
 

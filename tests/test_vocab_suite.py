@@ -87,6 +87,7 @@ def test_suite_results_match_its_items_and_carry_display_blocks(tiny_model_dir, 
     assert m["chars_per_token"]["value"] == pytest.approx(sum(r["chars"] for r in items) / sum(r["tokens"] for r in items))
     assert m["bits_per_char"]["value"] == pytest.approx(sum(r["bits"] for r in items) / sum(r["chars"] for r in items))
     assert m["gen_chars_per_s"]["value"] == pytest.approx(sum(g["chars"] for g in gen) / sum(g["seconds"] for g in gen))
+    assert [len(g["text"]) for g in gen] == [g["chars"] for g in gen]  # the answer is kept, and it is what was counted
     assert m["new_token_share"]["value"] == 0.0 and base["extra"]["extension"] is None
     assert m["bits_per_char"]["display"]["direction"] == "lower"
     assert m["gen_chars_per_s"]["display"]["items_file"] == "generation.jsonl"

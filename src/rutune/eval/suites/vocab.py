@@ -11,9 +11,9 @@ end-of-text token as the only context (`rutune.eval.nll.sequence_nll`), in bits.
 comparable across tokenizers because every model scores the same characters from the same context.
 
 Generation (`generation.jsonl`): the first `prompts` texts (cut to `prompt_chars`) as one-turn chats, greedy,
-`max_new_tokens` new tokens at most, batch 1, one untimed warm-up; per prompt wall seconds, characters of the
-decoded answer, generated ids, and the share of them that are new tokens (ids ≥ the tokenizer's first new id,
-0 for a tokenizer that was never extended). Speed = Σ characters / Σ seconds; `extra.timing` records threads,
+`max_new_tokens` new tokens at most, batch 1, one untimed warm-up; per prompt the decoded answer (`text`: a fast
+loop is no speed-up), wall seconds, its characters, generated ids, and the share of them that are new tokens
+(ids ≥ the tokenizer's first new id, 0 for a tokenizer that was never extended). Speed = Σ characters / Σ seconds; `extra.timing` records threads,
 device and the load average, which on shared CPUs moves the number more than anything else.
 """
 
@@ -182,10 +182,12 @@ def generation_rows(model, tokenizer, prompts: list[tuple[str, str]], *, max_new
     rows = []
     for item_id, text in prompts:
         new, seconds, cpu_s = answer(text)
-        chars = len(tokenizer.decode(new, skip_special_tokens=True))
+        answer_text = tokenizer.decode(new, skip_special_tokens=True)
+        chars = len(answer_text)
         n_new = sum(1 for t in new if first_new_id is not None and t >= first_new_id)
-        rows.append({"id": item_id, "generated_tokens": len(new), "chars": chars, "seconds": seconds,
-                     "cpu_seconds": cpu_s, "chars_per_s": chars / seconds if seconds > 0 else None,
+        # the answer itself, so a speed can be read against what was generated (a loop is fast and useless)
+        rows.append({"id": item_id, "text": answer_text, "generated_tokens": len(new), "chars": chars,
+                     "seconds": seconds, "cpu_seconds": cpu_s, "chars_per_s": chars / seconds if seconds > 0 else None,
                      "new_tokens": n_new, "new_token_share": n_new / len(new) if new else None})
     return rows
 
@@ -238,7 +240,8 @@ def run(req: EvalRequest) -> dict:
                           first_new_id=extension["first_new_id"] if extension else None) if prompts else []
     req.out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(req.out_dir / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_text_atomic(req.out_dir / "generation.jsonl", "".join(json.dumps(g) + "\n" for g in gen))
+    write_text_atomic(req.out_dir / "generation.jsonl",
+                      "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gen))
     results = {"suite": "vocab", "model": req.model_label, "model_path": req.model_path,
                "metrics": vocab_metrics(rows, gen, rounds=req.rounds, seed=req.seed),
                "extra": {"texts": len(rows), "chars": sum(r["chars"] for r in rows), "excluded_training_texts":
