@@ -122,16 +122,18 @@ demo-vocab: $(REAL_STAMP)
 	done
 	$(BIN)/rutune vocab compare runs/vocab_smollm2_base runs/vocab_smollm2
 
-# bits/char vs training steps and CPU seconds, adapted path vs original tokenizer (docs/vocab.md; ~30 min, 1 thread)
+# bits/char vs training steps and CPU seconds, adapted path vs original tokenizer (docs/vocab.md; ~55 min, 1 thread)
 .PHONY: vocab-curve
 vocab-curve: $(REAL_STAMP)
 	for cfg in $(VOCAB_CFGS); do $(BIN)/rutune prepare $$cfg || exit 1; done
-	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths b a --vocab-steps 0 8 \
-	  --sft-steps 0 4 8 --a-sft-steps 4 --label config
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths b --sft-steps 0 4 8 16 24 36
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 0 8 --a-sft-steps 4 --label config
 	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 8 --a-sft-steps 4 \
 	  --freeze-old-rows --vocab-lr 1e-2
 	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 16 24 --a-sft-steps 4 \
 	  --label config-long
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 8 16 24 --a-sft-steps 4 \
+	  --vocab-lora --label config-lora
 
 test-real: $(REAL_STAMP)
 	$(BIN)/python -m pytest -m slow tests/slow tests/test_real_models.py tests/test_smollm2_masks.py --timeout=3600
