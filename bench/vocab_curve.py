@@ -30,8 +30,8 @@ item-bootstrap 95% CI; texts cut to `--max-chars` to keep the evaluation cheap),
 generations of at most `--max-new-tokens` tokens (new-token share, chars/s; wall-clock, so read it against the
 load average printed with each row). Path (a) trains without LoRA unless `--vocab-lora` is given, whatever the
 config's vocab stage says; `--vocab-lora` trains the vocab phase the way the stage does with `lora:` (the vocab
-stage's lora block, else the SFT stage's; both are r 16, alpha 32, all-linear in the configs). One torch thread by default: see `--threads`. Each point's items go to
-`<out>/<label>/points.jsonl`; the table at the end has every path recorded under `<out>` and, for each adapted point,
+stage's lora block, else the SFT stage's; both are r 16, alpha 32, all-linear in the configs). One torch thread
+by default: see `--threads`. Each point's items and greedy answers go to `<out>/<label>/points.jsonl`; the table at the end has every path recorded under `<out>` and, for each adapted point,
 the paired bits/char ratio against the original-tokenizer point with the nearest CPU seconds not above it.
 """
 
@@ -69,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--vocab-batch", type=int, default=None, help="override the vocab stage's per_device_batch_size")
     p.add_argument("--freeze-old-rows", action="store_true", help="train only the new rows (gradient mask)")
     p.add_argument("--vocab-lora", action="store_true",
-                   help="LoRA (the vocab stage's lora block, else the SFT stage's) on the other layers during the vocab phase")
+                   help="LoRA (the vocab stage's lora block, else the SFT stage's) on the other layers in the vocab "
+                        "phase")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on shared cores OpenMP barrier spinning made 2 threads ~3x slower)")
     p.add_argument("--table-only", action="store_true", help="print the table of what is recorded under --out")
