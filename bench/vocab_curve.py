@@ -31,8 +31,9 @@ generations of at most `--max-new-tokens` tokens (new-token share, chars/s; wall
 load average printed with each row). Path (a) trains without LoRA unless `--vocab-lora` is given, whatever the
 config's vocab stage says; `--vocab-lora` trains the vocab phase the way the stage does with `lora:` (the vocab
 stage's lora block, else the SFT stage's; both are r 16, alpha 32, all-linear in the configs). One torch thread
-by default: see `--threads`. Each point's items and greedy answers go to `<out>/<label>/points.jsonl`; the table at the end has every path recorded under `<out>` and, for each adapted point,
-the paired bits/char ratio against the original-tokenizer point with the nearest CPU seconds not above it.
+by default: see `--threads`. Each point's items and greedy answers go to `<out>/<label>/points.jsonl`; the table
+at the end has every path recorded under `<out>` and, for each adapted point, the paired bits/char ratio against
+the original-tokenizer point with the nearest CPU seconds not above it.
 """
 
 from __future__ import annotations

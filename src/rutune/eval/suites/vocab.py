@@ -13,8 +13,9 @@ comparable across tokenizers because every model scores the same characters from
 Generation (`generation.jsonl`): the first `prompts` texts (cut to `prompt_chars`) as one-turn chats, greedy,
 `max_new_tokens` new tokens at most, batch 1, one untimed warm-up; per prompt the decoded answer (`text`: a fast
 loop is no speed-up), wall seconds, its characters, generated ids, and the share of them that are new tokens
-(ids ≥ the tokenizer's first new id, 0 for a tokenizer that was never extended). Speed = Σ characters / Σ seconds; `extra.timing` records threads,
-device and the load average, which on shared CPUs moves the number more than anything else.
+(ids ≥ the tokenizer's first new id, 0 for a tokenizer that was never extended). Speed = Σ characters /
+Σ seconds; `extra.timing` records threads, device and the load average, which on shared CPUs moves the number
+more than anything else.
 """
 
 from __future__ import annotations
