@@ -47,9 +47,8 @@ def worker_rutune(tok, model_dir, rows, batch, steps, batching):
     from transformers import TrainingArguments
 
     from rutune.train.preference import build_trainer
-    from rutune.train.recipes.preference import PreferenceStage
 
-    stage = PreferenceStage(recipe="preference", loss={"name": "dpo", "beta": BETA}, batching=batching)
+    stage = _stage(batching)
     model = _load(model_dir)
     data, _, setup = _cached_reference(tok, model, rows, batch, batching)
     clock = StepClock()
@@ -60,12 +59,18 @@ def worker_rutune(tok, model_dir, rows, batch, steps, batching):
     return clock.times, losses[0], setup
 
 
+def _stage(batching):
+    from rutune.train.recipes.preference import PreferenceStage
+
+    return PreferenceStage(recipe="preference", loss={"name": "dpo", "beta": BETA}, batching=batching)
+
+
 def _cached_reference(tok, model, rows, batch, batching):
     """The tokenised pairs with their reference sums (one no-grad pass, as the stage caches it) and the collator."""
     import torch
     from datasets import Dataset
 
-    from rutune.train.pref_batch import collate_pairs
+    from rutune.train.preference import stage_collator
     from rutune.train.reference import compute_reference
 
     data = Dataset.from_list(_tokenized(tok, rows))
@@ -73,8 +78,7 @@ def _cached_reference(tok, model, rows, batch, batching):
         from rutune.attention import PAIR_PACKED
 
         model.set_attn_implementation(PAIR_PACKED)
-    # the stage's collator (`preference.stage_collator`): bool prefix-shared masks, expanded in the forward
-    collate = lambda f: collate_pairs(f, batching=batching, pad_id=tok.pad_token_id, mask_dtype=torch.bool)  # noqa: E731
+    collate = stage_collator(_stage(batching), tok)  # the stage's own: bool prefix-shared masks
     t, c = time.perf_counter(), time.process_time()
     ref = compute_reference(model, data, collate, batch_size=batch, batching=batching, device=torch.device("cpu"))
     setup = (time.perf_counter() - t, time.process_time() - c)

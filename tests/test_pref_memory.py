@@ -1,45 +1,15 @@
-"""The preference stage's memory savers: bool prefix-shared masks expanded only in the forward, and the reference
-pass in micro-batches bounded by mask size. Both must leave every number unchanged (up to float rounding where the
-padding changes)."""
+"""The reference pass in micro-batches bounded by mask size, with the stage's bool prefix-shared masks: every sum
+unchanged up to float rounding where the padding changes. (The bool mask itself: tests/test_simpo_collators.py.)"""
 
 import datasets
 import pytest
 import torch
 
 from rutune.train import reference
-from rutune.train.collators import collate_prefix_shared
-from rutune.train.pref_batch import additive_mask, collate_pairs, forward_logps
+from rutune.train.pref_batch import collate_pairs, forward_logps
 from rutune.train.reference import compute_reference, micro_batches, pair_widths
 
 PAD = 0
-PAIRS = [
-    {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
-    {"prompt_ids": [7], "chosen_ids": [8], "rejected_ids": [9, 10]},
-]
-
-
-def test_bool_prefix_mask_is_exactly_the_attend_pattern_of_the_float_mask():
-    f = collate_prefix_shared(PAIRS, pad_id=PAD)
-    b = collate_prefix_shared(PAIRS, pad_id=PAD, mask_dtype=torch.bool)
-    assert b["attention_mask"].dtype == torch.bool
-    assert torch.equal(b["attention_mask"], f["attention_mask"] == 0)
-    assert b["attention_mask"].element_size() * 4 == f["attention_mask"].element_size()
-    for k in ("input_ids", "position_ids", "target_ids", "target_segment"):
-        assert torch.equal(b[k], f[k])
-
-
-def test_additive_mask_expands_bool_to_the_float_mask_in_the_model_dtype():
-    model = torch.nn.Module()
-    model.emb = torch.nn.Embedding(4, 2)
-    model.get_input_embeddings = lambda: model.emb
-    f = collate_prefix_shared(PAIRS, pad_id=PAD)["attention_mask"]
-    b = collate_prefix_shared(PAIRS, pad_id=PAD, mask_dtype=torch.bool)["attention_mask"]
-    assert torch.equal(additive_mask(b, model), f)
-    assert additive_mask(f, model) is f  # already right: no copy
-    model.emb.to(torch.bfloat16)
-    got = additive_mask(b, model)
-    assert got.dtype == torch.bfloat16
-    assert torch.equal(got == 0, b) and (got[~b] == torch.finfo(torch.bfloat16).min).all()
 
 
 def test_micro_batches_split_by_pair_count_and_by_mask_elements():
@@ -55,7 +25,8 @@ def test_micro_batches_split_by_pair_count_and_by_mask_elements():
 
 
 def test_pair_widths_follow_each_layout():
-    ds = datasets.Dataset.from_list(PAIRS)
+    ds = datasets.Dataset.from_list([{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
+                                     {"prompt_ids": [7], "chosen_ids": [8], "rejected_ids": [9, 10]}])
     assert pair_widths(ds, "prefix_shared") == [(3 - 1 + 2 + 1, 1), (1 - 1 + 1 + 2, 1)]
     assert pair_widths(ds, "concat") == [(3 + 2, 2), (1 + 2, 2)]
     assert pair_widths(ds, "packed") == [(0, 1), (0, 1)]

@@ -6,6 +6,7 @@ import torch
 from rutune.models import tiny_model_path
 from rutune.train.collators import collate_concat, collate_preference, collate_prefix_shared
 from rutune.train.losses import sequence_logps, simpo_loss
+from rutune.train.pref_batch import additive_mask
 
 PAD = 0
 PAIRS = [
@@ -123,3 +124,27 @@ def test_batching_modes_agree_on_loss_and_gradients(models, sft_weight):
     for k, g in grads["concat"].items():
         torch.testing.assert_close(grads["prefix"][k], g, atol=1e-4, rtol=1e-4, msg=k)
     assert any(g.abs().max() > 1e-3 for g in grads["concat"].values())  # gradients are not trivially zero
+
+
+def test_bool_prefix_mask_is_exactly_the_attend_pattern_of_the_float_mask():
+    f = collate_prefix_shared(PAIRS, pad_id=PAD)
+    b = collate_prefix_shared(PAIRS, pad_id=PAD, mask_dtype=torch.bool)
+    assert b["attention_mask"].dtype == torch.bool
+    assert torch.equal(b["attention_mask"], f["attention_mask"] == 0)
+    assert b["attention_mask"].element_size() * 4 == f["attention_mask"].element_size()
+    for k in ("input_ids", "position_ids", "target_ids", "target_segment"):
+        assert torch.equal(b[k], f[k])
+
+
+def test_additive_mask_expands_bool_to_the_float_mask_in_the_model_dtype():
+    model = torch.nn.Module()
+    model.emb = torch.nn.Embedding(4, 2)
+    model.get_input_embeddings = lambda: model.emb
+    f = collate_prefix_shared(PAIRS, pad_id=PAD)["attention_mask"]
+    b = collate_prefix_shared(PAIRS, pad_id=PAD, mask_dtype=torch.bool)["attention_mask"]
+    assert torch.equal(additive_mask(b, model), f)
+    assert additive_mask(f, model) is f  # already right: no copy
+    model.emb.to(torch.bfloat16)
+    got = additive_mask(b, model)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got == 0, b) and (got[~b] == torch.finfo(torch.bfloat16).min).all()

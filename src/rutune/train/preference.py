@@ -137,7 +137,7 @@ def preference_step_loss(trainer, model, inputs, *, objective, loss_cfg, batchin
     return (out.loss, outputs) if return_outputs else out.loss
 
 
-def stage_collator(stage, tokenizer, args, *, with_prompt: bool = False):
+def stage_collator(stage, tokenizer, *, with_prompt: bool = False):
     """The stage's collator (`pref_batch.collate_pairs`) for its batching. Prefix-shared masks are bool here and
     become additive in the attention's dtype inside `forward_logps` (bench/dpo.py: the float32 mask of a
     4 × 3,361-token RAG batch is 180 MB, and the data loader holds the next batch while the current one runs)."""
@@ -158,7 +158,7 @@ def build_trainer(model, tokenizer, dataset, args, stage, *, callbacks=()):
     objective = OBJECTIVES.get(stage.loss.name)
     if objective.needs_reference and "ref_chosen" not in dataset.column_names:
         raise TrainError(f"objective {objective.name} needs reference log-probs; none were attached")
-    collator = stage_collator(stage, tokenizer, args, with_prompt=objective.needs_prompt)
+    collator = stage_collator(stage, tokenizer, with_prompt=objective.needs_prompt)
     step = functools.partial(preference_step_loss, objective=objective, loss_cfg=stage.loss, batching=stage.batching)
     return RecipeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                          processing_class=tokenizer, callbacks=list(callbacks), step_loss=step)
@@ -212,7 +212,7 @@ def run_stage(cfg, stage, run: RunDir, *, show_progress: bool = True) -> Path:
     if OBJECTIVES.get(stage.loss.name).needs_reference:
         from rutune.train.reference import attach_reference
 
-        dataset, reference = attach_reference(cfg, stage, model, dataset, stage_collator(stage, tokenizer, args),
+        dataset, reference = attach_reference(cfg, stage, model, dataset, stage_collator(stage, tokenizer),
                                               args, init_path=init_path, attn=attn)
     trainer = build_trainer(model, tokenizer, dataset, args, stage,
                             callbacks=stage_callbacks(paths, show_progress=show_progress,
