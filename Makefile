@@ -135,5 +135,16 @@ vocab-curve: $(REAL_STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --paths a --vocab-steps 8 16 24 --a-sft-steps 4 \
 	  --vocab-lora --label config-lora
 
+# the same on whole held-out texts (≤ 2,000 chars, the suite's measure), to 72 vocab steps (docs/vocab.md; ~75 min)
+.PHONY: vocab-curve-whole
+vocab-curve-whole: $(REAL_STAMP)
+	for cfg in $(VOCAB_CFGS); do $(BIN)/rutune prepare $$cfg || exit 1; done
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --max-chars 2000 --out runs/vocab_curve_2000 \
+	  --paths b --sft-steps 8 24 36 48
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --max-chars 2000 --out runs/vocab_curve_2000 \
+	  --paths a --vocab-steps 36 48 --a-sft-steps 4 --vocab-lora --label lora-48
+	OMP_NUM_THREADS=1 $(BIN)/python bench/vocab_curve.py --max-chars 2000 --out runs/vocab_curve_2000 \
+	  --paths a --vocab-steps 60 72 --a-sft-steps 4 --vocab-lora --label lora-72
+
 test-real: $(REAL_STAMP)
 	$(BIN)/python -m pytest -m slow tests/slow tests/test_real_models.py tests/test_smollm2_masks.py --timeout=3600
