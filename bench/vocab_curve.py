@@ -97,6 +97,19 @@ class Budget:
         self.wall += time.perf_counter() - self._w
 
 
+def experiment_runs(*configs: str) -> list:
+    """The run folders of these experiment configs (relative `output_root`s are under the repo root)."""
+    from rutune.config import load_config
+    from rutune.rundir import RunDir
+
+    runs = []
+    for c in configs:
+        cfg = load_config(c)
+        root = Path(cfg.output_root) if Path(cfg.output_root).is_absolute() else ROOT / cfg.output_root
+        runs.append(RunDir.for_experiment(root, cfg.name))
+    return runs
+
+
 def held_out(texts: int, run_dirs, max_chars: int = 2000) -> list[tuple[str, str]]:
     """The suite's held-out items (split 0.25 / seed 0), minus texts in any of the runs' prepared data, each cut
     to `max_chars` at a space."""
@@ -415,15 +428,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rutune.config import load_config
-    from rutune.rundir import RunDir
-
-    run_dirs = []
-    for c in (args.adapted_config, args.base_config):
-        cfg = load_config(c)
-        root = Path(cfg.output_root) if Path(cfg.output_root).is_absolute() else ROOT / cfg.output_root
-        run_dirs.append(RunDir.for_experiment(root, cfg.name))
-    items = held_out(args.texts, run_dirs, args.max_chars)
+    items = held_out(args.texts, experiment_runs(args.adapted_config, args.base_config), args.max_chars)
     print(f"held-out: {len(items)} texts, {sum(len(t) for _, t in items)} chars; load {os.getloadavg()}",
           flush=True)
     label = args.label or "config" + (f"-lr{args.vocab_lr:g}" if args.vocab_lr else "") + (

@@ -90,20 +90,12 @@ def teacher_answers(model, tokenizer, prompts: list[str], args, cache: Path, bud
 
 
 def examples(tokenizer, prompts: list[str], answers: list[str]) -> list[dict]:
-    """Chat rows (user → assistant) in the adapted tokenizer; labels = the answer tokens and the end marker."""
-    rows = []
-    for p, a in zip(prompts, answers):
-        if not a.strip():
-            continue
-        user = [{"role": "user", "content": p}]
-        head = list(tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=False))
-        full = list(tokenizer.apply_chat_template([*user, {"role": "assistant", "content": a}], tokenize=True,
-                                                  return_dict=False))
-        if full[:len(head)] != head:
-            raise SystemExit("the chat template's prompt is not a prefix of the full conversation")
-        rows.append({"input_ids": full, "labels": [-100] * len(head) + full[len(head):]})
-    return rows
+    """Chat rows (user → assistant) in the adapted tokenizer, masked as the SFT stage masks them (answer + end)."""
+    from rutune.data.templates import tokenize_chats
+
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+             for p, a in zip(prompts, answers) if a.strip()]
+    return [{"input_ids": r.input_ids, "labels": r.labels} for r in tokenize_chats(tokenizer, chats)]
 
 
 def main(argv=None) -> int:
@@ -113,7 +105,6 @@ def main(argv=None) -> int:
 
     from rutune.config import load_config
     from rutune.models import resolve_model_path
-    from rutune.rundir import RunDir
     from rutune.train.model_setup import apply_lora
     from rutune.train.stage_io import load_stage_tokenizer
 
@@ -121,12 +112,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.adapted_config)
     vstage = next(s for s in cfg.train.stages if s.recipe == "vocab")
     sstage = next(s for s in cfg.train.stages if s.recipe == "sft")
-    run_dirs = []
-    for c in (args.adapted_config, args.base_config):
-        cc = load_config(c)
-        root = Path(cc.output_root) if Path(cc.output_root).is_absolute() else ROOT / cc.output_root
-        run_dirs.append(RunDir.for_experiment(root, cc.name))
-    items = curve.held_out(args.texts, run_dirs, args.max_chars)
+    items = curve.held_out(args.texts, curve.experiment_runs(args.adapted_config, args.base_config), args.max_chars)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "points.jsonl"
@@ -162,18 +148,8 @@ def main(argv=None) -> int:
                            "wall_s": budget.wall, "train_loss": loss, "lr": args.lr, "batch": args.batch,
                            "teacher_prompts": len(data)}, rows, gen)
 
-    def batches():
-        from rutune.train.collators import pack_sft
-
-        rng = random.Random(cfg.seed)
-        while True:
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            for i in range(0, len(order) - args.batch + 1, args.batch):
-                yield pack_sft([data[j] for j in order[i:i + args.batch]])
-
-    curve.train_points(model, batches, points=[0, *sorted(set(args.steps))], lr=args.lr,
-                       warmup=round(sstage.warmup_ratio * max(args.steps)), weight_decay=sstage.weight_decay,
+    curve.train_points(model, curve.sft_batches(data, args.batch, cfg.seed), points=[0, *sorted(set(args.steps))],
+                       lr=args.lr, warmup=round(sstage.warmup_ratio * max(args.steps)), weight_decay=sstage.weight_decay,
                        max_grad_norm=sstage.max_grad_norm, budget=budget, loss_fn=curve.sft_batch_loss,
                        on_point=lambda s, loss: point(model, s, loss))
     return 0
