@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rutune.data.vocab_metrics import cyrillic_letters, repeated_ngrams
 from rutune.eval.suites.vocab import VocabConfig, cut_text, paired_ratio, ratio_ci, text_row
 
 COUNTS = {" привет": 50, " приветствую": 40, " мир": 30, " миру": 20, " спасибо": 25, " здравствуйте": 10}
@@ -88,6 +89,12 @@ def test_suite_results_match_its_items_and_carry_display_blocks(tiny_model_dir, 
     assert m["bits_per_char"]["value"] == pytest.approx(sum(r["bits"] for r in items) / sum(r["chars"] for r in items))
     assert m["gen_chars_per_s"]["value"] == pytest.approx(sum(g["chars"] for g in gen) / sum(g["seconds"] for g in gen))
     assert [len(g["text"]) for g in gen] == [g["chars"] for g in gen]  # the answer is kept, and it is what was counted
+    assert [(g["repeated_4grams"], g["word_4grams"]) for g in gen] == [repeated_ngrams(g["text"]) for g in gen]
+    if sum(g["word_4grams"] for g in gen):
+        assert m["gen_repeat_4"]["value"] == pytest.approx(
+            sum(g["repeated_4grams"] for g in gen) / sum(g["word_4grams"] for g in gen))
+        assert m["gen_repeat_4"]["display"]["direction"] == "lower"
+    assert [(g["cyrillic_letters"], g["letters"]) for g in gen] == [cyrillic_letters(g["text"]) for g in gen]
     assert m["new_token_share"]["value"] == 0.0 and base["extra"]["extension"] is None
     assert m["bits_per_char"]["display"]["direction"] == "lower"
     assert m["gen_chars_per_s"]["display"]["items_file"] == "generation.jsonl"
@@ -142,10 +149,10 @@ def test_compare_prints_paired_ratios_of_two_runs_computed_from_their_items(tmp_
 
     ids = ["a", "b", "c"]
     items = lambda tokens, bits: [{"id": i, "chars": 100, "tokens": t, "bits": b} for i, t, b in zip(ids, tokens, bits)]
-    gen = lambda chars: [{"id": i, "chars": c, "seconds": 2.0} for i, c in zip(ids, chars)]
-    write("orig", "base", items([80, 80, 80], [300, 300, 300]), gen([40, 40, 40]))
-    write("orig", "sft", items([80, 80, 80], [200, 220, 240]), gen([40, 40, 40]))
-    write("adapt", "sft", items([40, 40, 40], [210, 231, 252]), gen([100, 100, 100]))
+    gen = lambda chars, text: [{"id": i, "chars": c, "seconds": 2.0, "text": text} for i, c in zip(ids, chars)]
+    write("orig", "base", items([80, 80, 80], [300, 300, 300]), gen([40, 40, 40], "один два три четыре пять"))
+    write("orig", "sft", items([80, 80, 80], [200, 220, 240]), [{"id": i, "chars": 40, "seconds": 2.0} for i in ids])
+    write("adapt", "sft", items([40, 40, 40], [210, 231, 252]), gen([100, 100, 100], "a b c d a b c d a b c d"))
     (tmp_path / "adapt" / "train_cpu.txt").write_text("100.5 9.5\n")
     done = CliRunner().invoke(app, ["vocab", "compare", str(tmp_path / "orig"), str(tmp_path / "adapt"),
                                     "--rounds", "200"])
@@ -155,3 +162,6 @@ def test_compare_prints_paired_ratios_of_two_runs_computed_from_their_items(tmp_
     assert out["gen_chars_per_s_vs_base"]["ratio"] == pytest.approx(2.5)
     assert out["bits_per_char_vs_same_sft"]["ratio"] == pytest.approx(1.05)  # 693/660
     assert out["train_cpu_seconds"] == {"original": None, "adapted": 110.0}
+    # 3 answers × (5 repeated of 9) for the loop, 0 of 2 for the base; answers without text (older runs): None
+    assert out["gen_repeat_4"] == {"original base": 0.0, "original sft": None, "adapted sft": round(5 / 9, 4)}
+    assert out["gen_cyrillic_share"] == {"original base": 1.0, "original sft": None, "adapted sft": 0.0}

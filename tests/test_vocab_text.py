@@ -17,7 +17,8 @@ from rutune.data.russian_text import (
     wordfreq_counts,
 )
 from rutune.data.vocab_bpe import TextSourceError, VocabError
-from rutune.data.vocab_metrics import chars_per_token, new_token_share, tokenizer_stats, tokens_per_word
+from rutune.data.vocab_metrics import (chars_per_token, cyrillic_letters, new_token_share, repeated_ngrams, tokenizer_stats,
+                                       tokens_per_word)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,23 @@ def test_chars_per_token_and_tokens_per_word_match_hand_counts():
     assert chars_per_token(ids_object, ["абв", "г"]) == 1.0
     assert tokenizer_stats(tok, texts) == {"texts": 2, "chars": 8, "words": 3, "tokens": 3,
                                            "chars_per_token": 8 / 3, "tokens_per_word": 1.0}
+
+
+def test_repeated_ngrams_counts_4grams_minus_distinct_ones_by_hand():
+    # 12 words → 9 word 4-grams; a 4-word loop has 4 distinct ones (a b c d, b c d a, c d a b, d a b c) → 5 repeated
+    assert repeated_ngrams("a b c d a b c d a b c d") == (5, 9)
+    assert repeated_ngrams("Мама мыла раму, папа читал газету.") == (0, 3)  # prose: every 4-gram new
+    assert repeated_ngrams("**Бите** — 1. **Бите** — 1. **Бите** — 1.") == (3, 6)  # punctuation stays in words
+    assert repeated_ngrams("три слова всего") == (0, 0)  # fewer than 4 words: no 4-grams
+    assert repeated_ngrams("x x x", n=1) == (2, 3)
+    with pytest.raises(VocabError, match=r"^repeated_ngrams: n must be >= 1, got 0$"):
+        repeated_ngrams("a b", n=0)
+
+
+def test_cyrillic_letters_counts_cyrillic_among_letters_only():
+    assert cyrillic_letters("Ёжик, 2 ежа!") == (7, 7)  # digits, spaces, punctuation are not letters; ё counts
+    assert cyrillic_letters("def f(x): return 'да'") == (2, 13)  # d e f f x r e t u r n + д а
+    assert cyrillic_letters("123 — !") == (0, 0)
 
 
 def test_new_token_share_counts_ids_at_or_above_the_first_new_id():

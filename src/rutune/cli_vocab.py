@@ -97,6 +97,13 @@ def _cpu(run: Path) -> float | None:
         return None
 
 
+def _answers(gen: dict[str, dict], count) -> float | None:
+    """Σ part / Σ whole of `count(text)` over the answers kept in `generation.jsonl`; None if none was kept."""
+    counts = [count(g["text"]) for g in gen.values() if isinstance(g.get("text"), str)]
+    total = sum(t for _, t in counts)
+    return round(sum(r for r, _ in counts) / total, 4) if total else None
+
+
 @vocab_app.command("compare")
 def compare(
     original: Path = typer.Argument(..., help="Run folder of the experiment on the original tokenizer."),
@@ -107,7 +114,11 @@ def compare(
     """The three ratios of docs/vocab.md from two runs' `eval/vocab` items, with paired-bootstrap CIs.
 
     chars/token: adapted `model` vs the original base tokenizer; generation chars/s: adapted `model` vs the
-    original base model and vs the original-tokenizer `model`; bits/char: adapted vs original `model`."""
+    original base model and vs the original-tokenizer `model`; bits/char: adapted vs original `model`. Beside
+    them, each model's share of repeated word 4-grams and of Cyrillic letters in its answers (a fast loop, or
+    code instead of Russian, is no speed-up)."""
+    from rutune.data.vocab_metrics import cyrillic_letters, repeated_ngrams
+
     a_items, o_items = _rows(adapted, model, "items.jsonl"), _rows(original, model, "items.jsonl")
     base_items = _rows(original, "base", "items.jsonl")
     a_gen, o_gen = _rows(adapted, model, "generation.jsonl"), _rows(original, model, "generation.jsonl")
@@ -118,6 +129,10 @@ def compare(
         "gen_chars_per_s_vs_same_sft": _ratio(a_gen, o_gen, "chars", "seconds", rounds),
         "bits_per_char_vs_same_sft": _ratio(a_items, o_items, "bits", "chars", rounds),
         "train_cpu_seconds": {"original": _cpu(original), "adapted": _cpu(adapted)},
+        # read beside the speed ratios: a greedy loop, or code instead of Russian, is fast (docs/vocab.md)
+        **{key: {"original base": _answers(base_gen, count), f"original {model}": _answers(o_gen, count),
+                 f"adapted {model}": _answers(a_gen, count)}
+           for key, count in (("gen_repeat_4", repeated_ngrams), ("gen_cyrillic_share", cyrillic_letters))},
     }
     for name, value in out.items():
         if "ratio" in value:
@@ -125,6 +140,8 @@ def compare(
                   f"p={value['p_value']:.4f}  n={value['n']}")
     print(f"{'train CPU seconds':30s} original {out['train_cpu_seconds']['original']}, "
           f"adapted {out['train_cpu_seconds']['adapted']}")
+    for key, title in (("gen_repeat_4", "gen repeated word 4-grams"), ("gen_cyrillic_share", "gen Cyrillic letters")):
+        print(f"{title:30s} " + ", ".join(f"{k} {v}" for k, v in out[key].items()))
     for label, run in (("original base", original / "eval" / "vocab" / "base"),
                        (f"adapted {model}", adapted / "eval" / "vocab" / model)):
         try:

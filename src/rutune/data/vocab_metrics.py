@@ -5,6 +5,12 @@
 * tokens per word = Σ tokens / Σ whitespace-separated words (`str.split()`, as lm-eval's `count_words`).
 * new-token share = fraction of generated ids ≥ the first new id: whether an adapted model actually emits
   its new tokens (LEP notes it keeps emitting old short tokens until trained).
+* repeated word 4-grams = (n-grams − distinct n-grams) / n-grams of one generated answer (seq-rep-4 of Welleck
+  et al. 2019, arXiv 1908.04319), on whitespace words so that it compares across tokenizers. A greedy loop is
+  fast and useless; this is the number that says a chars/s gain was bought with one.
+* Cyrillic share = Cyrillic letters / all letters of an answer. The speed goal is Russian characters per second;
+  an answer to a Russian prompt written as Python code (ASCII, many characters per old token) is fast and not
+  Russian, and seq-rep-4 does not see it.
 
 A tokenizer is anything with `encode(text, add_special_tokens=False)` returning a list of ids (transformers)
 or an object with `.ids` (`tokenizers.Tokenizer`).
@@ -62,6 +68,22 @@ def new_token_share(ids: Sequence[int], first_new_id: int) -> float:
     return sum(1 for i in ids if i >= first_new_id) / len(ids)
 
 
+def repeated_ngrams(text: str, n: int = 4) -> tuple[int, int]:
+    """(repeated, total) word n-grams of `text`: total = words − n + 1 (0 if fewer words), repeated = total −
+    distinct. Counts, not a ratio, so that answers aggregate as Σ repeated / Σ total."""
+    if n < 1:
+        raise VocabError(f"repeated_ngrams: n must be >= 1, got {n}")
+    words = text.split()
+    grams = [tuple(words[k:k + n]) for k in range(len(words) - n + 1)]
+    return len(grams) - len(set(grams)), len(grams)
+
+
+def cyrillic_letters(text: str) -> tuple[int, int]:
+    """(Cyrillic, all) letters of `text` (`str.isalpha`; Cyrillic = U+0400–U+04FF, which holds ё/Ё)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(1 for c in letters if "\u0400" <= c <= "\u04ff"), len(letters)
+
+
 def tokenizer_stats(tokenizer, texts: Iterable[str]) -> dict:
     """chars/token, tokens/word and totals in one pass (for a metrics table)."""
     items = _texts(texts, "tokenizer_stats")
@@ -72,4 +94,5 @@ def tokenizer_stats(tokenizer, texts: Iterable[str]) -> dict:
             "chars_per_token": chars / tokens, "tokens_per_word": tokens / words if words else None}
 
 
-__all__ = ["chars_per_token", "new_token_share", "token_counts", "tokenizer_stats", "tokens_per_word"]
+__all__ = ["chars_per_token", "cyrillic_letters", "new_token_share", "repeated_ngrams", "token_counts", "tokenizer_stats",
+           "tokens_per_word"]

@@ -13,7 +13,9 @@ comparable across tokenizers because every model scores the same characters from
 Generation (`generation.jsonl`): the first `prompts` texts (cut to `prompt_chars`) as one-turn chats, greedy,
 `max_new_tokens` new tokens at most, batch 1, one untimed warm-up; per prompt the decoded answer (`text`: a fast
 loop is no speed-up), wall seconds, its characters, generated ids, and the share of them that are new tokens
-(ids ≥ the tokenizer's first new id, 0 for a tokenizer that was never extended). Speed = Σ characters /
+(ids ≥ the tokenizer's first new id, 0 for a tokenizer that was never extended), and its repeated word 4-grams
+(`Gen rep-4` = Σ repeated / Σ 4-grams, seq-rep-4: near 0 for prose, towards 1 for a loop) and Cyrillic letters
+(`Gen Cyrillic share` = Σ Cyrillic / Σ letters: near 1 for Russian, low for code or English). Speed = Σ characters /
 Σ seconds; `extra.timing` records threads, device and the load average, which on shared CPUs moves the number
 more than anything else.
 """
@@ -161,6 +163,8 @@ def generation_rows(model, tokenizer, prompts: list[tuple[str, str]], *, max_new
 
     import torch
 
+    from rutune.data.vocab_metrics import cyrillic_letters, repeated_ngrams
+
     device = next(model.parameters()).device
     eos = [i for i in {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
            if isinstance(i, int)]
@@ -186,10 +190,17 @@ def generation_rows(model, tokenizer, prompts: list[tuple[str, str]], *, max_new
         answer_text = tokenizer.decode(new, skip_special_tokens=True)
         chars = len(answer_text)
         n_new = sum(1 for t in new if first_new_id is not None and t >= first_new_id)
-        # the answer itself, so a speed can be read against what was generated (a loop is fast and useless)
+        repeated, grams = repeated_ngrams(answer_text, 4)
+        cyrillic, letters = cyrillic_letters(answer_text)
+        # the answer itself, its repeated 4-grams and its Cyrillic letters, so a speed can be read against what
+        # was generated (a loop, or code instead of Russian, is fast and useless)
         rows.append({"id": item_id, "text": answer_text, "generated_tokens": len(new), "chars": chars,
                      "seconds": seconds, "cpu_seconds": cpu_s, "chars_per_s": chars / seconds if seconds > 0 else None,
-                     "new_tokens": n_new, "new_token_share": n_new / len(new) if new else None})
+                     "new_tokens": n_new, "new_token_share": n_new / len(new) if new else None,
+                     "repeated_4grams": repeated, "word_4grams": grams,
+                     "repeat_4": repeated / grams if grams else None,
+                     "cyrillic_letters": cyrillic, "letters": letters,
+                     "cyrillic_share": cyrillic / letters if letters else None})
     return rows
 
 
@@ -209,6 +220,12 @@ def vocab_metrics(rows: list[dict], gen: list[dict], *, rounds: int, seed: int) 
                                             "chars_per_s", rounds, seed)
         metrics["new_token_share"] = _entry([g["new_tokens"] for g in gen], [g["generated_tokens"] for g in gen],
                                             len(gen), "new_token_share", rounds, seed)
+        if sum(g["word_4grams"] for g in gen):
+            metrics["gen_repeat_4"] = _entry([g["repeated_4grams"] for g in gen], [g["word_4grams"] for g in gen],
+                                             len(gen), "repeat_4", rounds, seed)
+        if sum(g["letters"] for g in gen):
+            metrics["gen_cyrillic_share"] = _entry([g["cyrillic_letters"] for g in gen], [g["letters"] for g in gen],
+                                                   len(gen), "cyrillic_share", rounds, seed)
     return metrics
 
 
@@ -264,6 +281,8 @@ def run(req: EvalRequest) -> dict:
         "gen_chars_per_s": display("Gen chars/s", decimals=1, test="paired_bootstrap", order=63,
                                    items_file="generation.jsonl", item_key="chars_per_s"),
         "new_token_share": display("New-token share", decimals=3, direction="none", order=64),
+        "gen_repeat_4": display("Gen rep-4", decimals=3, direction="lower", order=65),
+        "gen_cyrillic_share": display("Gen Cyrillic share", decimals=3, direction="none", order=66),
     })
     write_json_atomic(req.out_dir / "results.json", results)
     return results
