@@ -17,8 +17,9 @@ folders):
   (0 excluded: it is the last vocab point);
 * (b) original: the same LoRA SFT stage on the original model + tokenizer, evaluated after each of `--sft-steps`.
 
-One training run per path and phase, evaluated in-process at the listed step counts; unlike the stages (cosine
-over `max_steps`) the learning rate here warms up linearly over `warmup_ratio` × the last step count and then stays
+One training run per path and phase, evaluated in-process at the listed step counts; whatever the stage's
+`lr_scheduler` (the config's SFT anneals with cosine over `max_steps`; its vocab stage is now constant after warmup,
+docs/vocab.md) the learning rate here warms up linearly over `warmup_ratio` × the last step count and then stays
 constant, so the point at step k is "k steps into a longer run", not a run that ended at k. Batches, loss,
 gradient clipping and LoRA setup are the stages' own (`vocab_stage.text_blocks`/`freeze_all_but_embeddings`,
 `sft.tokenized_dataset`, `collators.pack_sft`, `losses.sft_loss`, `model_setup.apply_lora`); optimiser = AdamW

@@ -17,8 +17,8 @@ from rutune.data.russian_text import (
     wordfreq_counts,
 )
 from rutune.data.vocab_bpe import TextSourceError, VocabError
-from rutune.data.vocab_metrics import (chars_per_token, cyrillic_letters, new_token_share, repeated_ngrams, tokenizer_stats,
-                                       tokens_per_word)
+from rutune.data.vocab_metrics import (chars_per_token, cyrillic_letters, new_token_share, repeated_ngrams,
+                                       tokenizer_stats, tokens_per_word)
 
 
 @pytest.fixture(scope="module")

@@ -94,5 +94,5 @@ def tokenizer_stats(tokenizer, texts: Iterable[str]) -> dict:
             "chars_per_token": chars / tokens, "tokens_per_word": tokens / words if words else None}
 
 
-__all__ = ["chars_per_token", "cyrillic_letters", "new_token_share", "repeated_ngrams", "token_counts", "tokenizer_stats",
-           "tokens_per_word"]
+__all__ = ["chars_per_token", "cyrillic_letters", "new_token_share", "repeated_ngrams", "token_counts",
+           "tokenizer_stats", "tokens_per_word"]
