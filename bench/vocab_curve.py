@@ -383,7 +383,7 @@ def run_adapted(args, items, out: Path, label: str):
 def table(out: Path) -> str:
     """The markdown table of every run's points; rep-4 and Cyrillic are the answers' repeated word 4-grams and
     Cyrillic letters (`rutune.data.vocab_metrics`), so a speed reads against what was generated."""
-    from rutune.data.vocab_metrics import cyrillic_letters, repeated_ngrams
+    from rutune.data.vocab_metrics import cyrillic_letters, pooled_share, repeated_ngrams
     from rutune.eval.suites.vocab import paired_ratio
 
     runs = {p.parent.name: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
@@ -392,11 +392,6 @@ def table(out: Path) -> str:
     header = ("| path | vocab steps | SFT steps | train CPU s | bits/char [95% CI] | vs original (paired) | "
               "new-token share | gen chars/s | rep-4 | Cyrillic | load |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def answers(point, count):  # Σ part / Σ whole over the kept answers (points from before answers were kept: —)
-        counts = [count(t) for t in point.get("answers", [])]
-        total = sum(w for _, w in counts)
-        return sum(r for r, _ in counts) / total if total else None
 
     def vs(point):
         if not orig:
@@ -418,7 +413,9 @@ def table(out: Path) -> str:
         return (f"| {name} | {p['vocab_steps']} | {p['sft_steps']} | {p['cpu_s']:.0f} | {b['value']:.3f} "
                 f"[{b['ci_low']:.3f}, {b['ci_high']:.3f}] | {vs(p) if compare else '—'} | "
                 f"{_fmt(p['new_token_share'])} | {_fmt(p['gen_chars_per_s'], 1)} | "
-                f"{_fmt(answers(p, repeated_ngrams), 2)} | {_fmt(answers(p, cyrillic_letters), 2)} | "
+                # points recorded before answers were kept have none: —
+                f"{_fmt(pooled_share(p.get('answers', []), repeated_ngrams), 2)} | "
+                f"{_fmt(pooled_share(p.get('answers', []), cyrillic_letters), 2)} | "
                 f"{p['load_average'][0]:.1f} |")
 
     for p in orig:

@@ -106,6 +106,22 @@ def test_suite_results_match_its_items_and_carry_display_blocks(tiny_model_dir, 
     assert new["extra"]["extension"]["first_new_id"] == 4096 and new["extra"]["vocab_size"] == 4104
 
 
+def test_gen_rep4_and_cyrillic_share_pool_the_answers_counts():
+    # the tiny model's 6-token answers have no words, so the suite test above cannot see these two aggregates
+    from rutune.eval.suites.vocab import vocab_metrics
+
+    rows = [{"chars": 10, "tokens": 5, "words": 2, "bits": 20.0}]
+    gen = [{"chars": 23, "seconds": 1.0, "new_tokens": 0, "generated_tokens": 12, "repeated_4grams": 5,
+            "word_4grams": 9, "cyrillic_letters": 0, "letters": 12},  # "a b c d a b c d a b c d"
+           {"chars": 24, "seconds": 1.0, "new_tokens": 3, "generated_tokens": 6, "repeated_4grams": 0,
+            "word_4grams": 2, "cyrillic_letters": 20, "letters": 20}]  # "один два три четыре пять"
+    m = vocab_metrics(rows, gen, rounds=50, seed=0)
+    assert m["gen_repeat_4"]["value"] == pytest.approx(5 / 11) and m["gen_repeat_4"]["item_key"] == "repeat_4"
+    assert m["gen_cyrillic_share"]["value"] == pytest.approx(20 / 32)
+    no_words = [{**g, "repeated_4grams": 0, "word_4grams": 0, "letters": 0, "cyrillic_letters": 0} for g in gen]
+    assert "gen_repeat_4" not in vocab_metrics(rows, no_words, rounds=50, seed=0)  # 0/0 is left out, not 0
+
+
 def test_held_out_texts_that_are_training_texts_are_excluded(tiny_model_dir, tmp_path):
     import datasets
 

@@ -17,8 +17,8 @@ from rutune.data.russian_text import (
     wordfreq_counts,
 )
 from rutune.data.vocab_bpe import TextSourceError, VocabError
-from rutune.data.vocab_metrics import (chars_per_token, cyrillic_letters, new_token_share, repeated_ngrams,
-                                       tokenizer_stats, tokens_per_word)
+from rutune.data.vocab_metrics import (chars_per_token, cyrillic_letters, new_token_share, pooled_share,
+                                       repeated_ngrams, tokenizer_stats, tokens_per_word)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,13 @@ def test_cyrillic_letters_counts_cyrillic_among_letters_only():
     assert cyrillic_letters("Ёжик, 2 ежа!") == (7, 7)  # digits, spaces, punctuation are not letters; ё counts
     assert cyrillic_letters("def f(x): return 'да'") == (2, 13)  # d e f f x r e t u r n + д а
     assert cyrillic_letters("123 — !") == (0, 0)
+
+
+def test_pooled_share_weighs_answers_by_size_not_one_vote_each():
+    loop, prose = "a b c d a b c d a b c d", "один два три четыре пять"  # 5 of 9 repeated; 0 of 2
+    assert pooled_share([loop, prose], repeated_ngrams) == 5 / 11  # a mean of the two ratios would be 5/18
+    assert pooled_share([prose, "def f(x)"], cyrillic_letters) == 20 / 25  # 20 Cyrillic letters, 5 Latin
+    assert pooled_share(["три слова всего"], repeated_ngrams) is None and pooled_share([], cyrillic_letters) is None
 
 
 def test_new_token_share_counts_ids_at_or_above_the_first_new_id():

@@ -98,10 +98,11 @@ def _cpu(run: Path) -> float | None:
 
 
 def _answers(gen: dict[str, dict], count) -> float | None:
-    """Σ part / Σ whole of `count(text)` over the answers kept in `generation.jsonl`; None if none was kept."""
-    counts = [count(g["text"]) for g in gen.values() if isinstance(g.get("text"), str)]
-    total = sum(t for _, t in counts)
-    return round(sum(r for r, _ in counts) / total, 4) if total else None
+    """`vocab_metrics.pooled_share` over the answers kept in `generation.jsonl` (None if none was kept)."""
+    from rutune.data.vocab_metrics import pooled_share
+
+    share = pooled_share([g["text"] for g in gen.values() if isinstance(g.get("text"), str)], count)
+    return None if share is None else round(share, 4)
 
 
 @vocab_app.command("compare")

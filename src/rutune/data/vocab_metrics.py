@@ -84,6 +84,14 @@ def cyrillic_letters(text: str) -> tuple[int, int]:
     return sum(1 for c in letters if "\u0400" <= c <= "\u04ff"), len(letters)
 
 
+def pooled_share(texts: Iterable[str], count) -> float | None:
+    """Σ part / Σ whole of `count(text)` over `texts` (`count` = `repeated_ngrams` or `cyrillic_letters`), so long
+    answers weigh by their size; None when the whole is 0 (no 4-grams, no letters, no texts)."""
+    counts = [count(t) for t in texts]
+    whole = sum(w for _, w in counts)
+    return sum(part for part, _ in counts) / whole if whole else None
+
+
 def tokenizer_stats(tokenizer, texts: Iterable[str]) -> dict:
     """chars/token, tokens/word and totals in one pass (for a metrics table)."""
     items = _texts(texts, "tokenizer_stats")
@@ -94,5 +102,5 @@ def tokenizer_stats(tokenizer, texts: Iterable[str]) -> dict:
             "chars_per_token": chars / tokens, "tokens_per_word": tokens / words if words else None}
 
 
-__all__ = ["chars_per_token", "cyrillic_letters", "new_token_share", "repeated_ngrams", "token_counts",
-           "tokenizer_stats", "tokens_per_word"]
+__all__ = ["chars_per_token", "cyrillic_letters", "new_token_share", "pooled_share", "repeated_ngrams",
+           "token_counts", "tokenizer_stats", "tokens_per_word"]
